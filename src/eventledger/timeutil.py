@@ -1,0 +1,59 @@
+"""Time as integer microseconds since the Unix epoch (UTC), and its RFC 3339 form."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+US_PER_SECOND = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Year 9999-12-31T23:59:59.999Z in milliseconds: the largest instant a datetime can hold.
+MAX_EPOCH_MS = 253_402_300_799_999
+
+# RFC 3339 date-time with a mandatory offset ("Z" or +hh:mm). fromisoformat alone would also
+# take dates without a time, naive times and other ISO 8601 forms we do not want.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z"
+)
+
+
+def now_us() -> int:
+    """The current time in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def datetime_to_us(value: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime (naive ones are taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+
+
+def us_to_datetime(value: int) -> datetime:
+    """The aware UTC datetime of microseconds since the epoch."""
+    return datetime.fromtimestamp(value // US_PER_SECOND, tz=UTC).replace(
+        microsecond=value % US_PER_SECOND
+    )
+
+
+def format_us(value: int | None) -> str | None:
+    """RFC 3339 text (UTC, "Z") of microseconds since the epoch; None stays None."""
+    if value is None:
+        return None
+    dt = us_to_datetime(value)
+    if dt.microsecond:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339_us(text: str) -> int | None:
+    """Microseconds since the epoch of an RFC 3339 string with offset, or None if invalid."""
+    if len(text) > 40 or not _RFC3339.match(text):
+        return None
+    try:
+        dt = datetime.fromisoformat(text.upper())
+        return datetime_to_us(dt)
+    except (ValueError, OverflowError):
+        return None
