@@ -348,6 +348,28 @@ class Store(abc.ABC):
     def iter_batch_outcomes(self, batch_id: str) -> Iterator[dict[str, Any]]:
         """Every outcome of a stored batch, in input order."""
 
+    # -- verification: recompute from the events ---------------------------------------
+    @abc.abstractmethod
+    def recount_from_events(self, user_id: str | None) -> list[tuple[str, str, int, float, int]]:
+        """(user_id, type, n, sum of prices, min timestamp) from the stored events, grouped by
+        user and type, in SQL; one user or all."""
+
+    @abc.abstractmethod
+    def maintained_users(self, user_id: str | None) -> list[tuple[str, int, float, int | None]]:
+        """(user_id, applied_count, total_value, first_seen_at) of the maintained aggregate."""
+
+    @abc.abstractmethod
+    def maintained_counts(self, user_id: str | None) -> list[tuple[str, str, int]]:
+        """(user_id, type, n) of the maintained aggregate."""
+
+    # -- deliveries ----------------------------------------------------------------------
+    def deliveries(self) -> Any:
+        """The delivery repository of this store (used by the dispatcher and the API)."""
+        import importlib
+
+        module = importlib.import_module(f"eventledger.store.deliveries_{self.backend}")
+        return module.open_repository(self)
+
     # -- endpoints -----------------------------------------------------------------------
     @abc.abstractmethod
     def add_endpoint(self, endpoint: Endpoint) -> None:

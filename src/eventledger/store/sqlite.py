@@ -372,6 +372,33 @@ class SQLiteStore(Store):
                 "detail": r[5],
             }
 
+    # -- verification --------------------------------------------------------------------
+    def _rows(self, sql: str, user_id: str | None) -> list[Any]:
+        where = " WHERE user_id = ?" if user_id is not None else ""
+        with self.read() as conn:
+            return conn.execute(
+                sql.format(where=where), () if user_id is None else (user_id,)
+            ).fetchall()
+
+    def recount_from_events(self, user_id: str | None) -> list[tuple[str, str, int, float, int]]:
+        return self._rows(
+            "SELECT user_id, type, count(*), coalesce(sum(price), 0.0), min(ts_us) FROM events"
+            "{where} GROUP BY user_id, type ORDER BY user_id, type",
+            user_id,
+        )
+
+    def maintained_users(self, user_id: str | None) -> list[tuple[str, int, float, int | None]]:
+        return self._rows(
+            "SELECT user_id, applied_count, total_value, first_seen_at FROM users{where}"
+            " ORDER BY user_id",
+            user_id,
+        )
+
+    def maintained_counts(self, user_id: str | None) -> list[tuple[str, str, int]]:
+        return self._rows(
+            "SELECT user_id, type, n FROM user_counts{where} ORDER BY user_id, type", user_id
+        )
+
     # -- endpoints -----------------------------------------------------------------------
     def add_endpoint(self, endpoint: Endpoint) -> None:
         types = orjson.dumps(list(endpoint.event_types)).decode() if endpoint.event_types else None
