@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -34,6 +34,7 @@ TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,31}\Z")
 _DECIMAL_STRING = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?\Z")
 # orjson escapes NUL as \u0000; an escaped backslash before "u0000" is not a NUL.
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_TOO_DEEP = f"metadata is nested deeper than {MAX_METADATA_DEPTH}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +80,11 @@ def parse_item(item: Any) -> Any:
     return item
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AppliedEvent:
-    """An event the processor decided to apply, normalised for storage."""
+class AppliedEvent(NamedTuple):
+    """An event the processor decided to apply, normalised for storage (a named tuple:
+    cheap to build, one per applied event)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, on purpose
     event_id: str
     user_id: str
     type: str
@@ -94,8 +95,7 @@ class AppliedEvent:
     content_hash: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Valid:
+class _Valid(NamedTuple):
     metadata_json: bytes
     price: float | None
     sequence: int | None
@@ -112,13 +112,50 @@ class ChunkDecision:
 
 
 def content_hash(obj: Mapping[str, Any]) -> str:
-    """A digest of an event's content without its ``event_id`` (to tell retries apart)."""
-    body = {k: v for k, v in obj.items() if k != "event_id"}
+    """A digest of an event's content, to tell a retry with changed content from a copy.
+
+    Only events with the same ``event_id`` are ever compared, so the id may stay in the
+    digested text (copying the event without it costs more than hashing it).
+    """
     try:
-        blob = orjson.dumps(body, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        blob = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     except TypeError:
-        blob = repr(sorted(body.items(), key=lambda kv: str(kv[0]))).encode()
+        try:
+            text = repr(sorted(obj.items(), key=lambda kv: str(kv[0])))
+        except RecursionError:  # a dict nested deeper than repr goes (library input)
+            text = _deep_repr(obj)
+        blob = text.encode("utf-8", "replace")
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+class _Text(str):
+    """Literal text on :func:`_deep_repr`'s work stack."""
+
+
+def _deep_repr(value: Any) -> str:
+    """A repr-like text of a value of any nesting depth, built without recursion."""
+    parts: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Text):
+            parts.append(item)
+        elif isinstance(item, (dict, list, tuple)):
+            is_dict = isinstance(item, dict)
+            pairs = (
+                sorted(item.items(), key=lambda kv: str(kv[0]))
+                if is_dict
+                else list(enumerate(item))
+            )
+            parts.append("{" if is_dict else "[")
+            stack.append(_Text("}" if is_dict else "]"))
+            for key, sub in reversed(pairs):
+                stack.append(_Text(","))
+                stack.append(sub)
+                stack.append(_Text(repr(key) + ":"))
+        else:
+            parts.append(repr(item))
+    return "".join(parts)
 
 
 def normalize_user_id(value: Any) -> str | None:
@@ -275,6 +312,7 @@ class Processor:
         rejected = OutcomeKind.REJECTED
         latest_allowed = self.latest_allowed_us
         received_at = self.received_at_us
+        detail: str | None
 
         for offset, obj in enumerate(values):
             index = first_index + offset
@@ -297,16 +335,35 @@ class Processor:
 
             # Activity tracking first, whatever the event's fate.
             raw_user = obj.get("user_id")
-            user_id = normalize_user_id(raw_user)
+            if type(raw_user) is str and 0 < len(raw_user) <= MAX_ID_LENGTH:
+                # Fast path for the common case; normalize_user_id is the full rule.
+                user_id: str | None = raw_user.strip()
+                if not user_id or not user_id.isprintable():
+                    user_id = None
+            else:
+                user_id = normalize_user_id(raw_user)
             raw_ts = obj.get("timestamp")
-            ts = parse_timestamp_us(raw_ts) if raw_ts is not None else None
+            if type(raw_ts) is int and 0 <= raw_ts <= MAX_EPOCH_MS:
+                ts: int | None = raw_ts * 1000
+            else:
+                ts = parse_timestamp_us(raw_ts) if raw_ts is not None else None
             if user_id is not None:
                 candidate = ts if ts is not None and ts <= latest_allowed else received_at
-                if candidate > last_seen.get(user_id, -1):
+                # No sentinel: a valid timestamp before 1970 is negative.
+                seen = last_seen.get(user_id)
+                if seen is None or candidate > seen:
                     last_seen[user_id] = candidate
 
             raw_event_id = obj.get("event_id")
-            problem = _event_id_problem(raw_event_id)
+            if (
+                type(raw_event_id) is str
+                and 0 < len(raw_event_id) <= MAX_ID_LENGTH
+                and raw_event_id.isprintable()
+                and not raw_event_id.isspace()
+            ):
+                problem = None
+            else:
+                problem = _event_id_problem(raw_event_id)
             if problem is not None:
                 outcomes.append(
                     Outcome(
@@ -325,7 +382,7 @@ class Processor:
             if known_hash is None:
                 known_hash = applied_in_store.get(event_id)
             if known_hash is not None:
-                detail: str | None = None
+                detail = None
                 if content_hash(obj) != known_hash:
                     detail = "content differs from the applied version"
                 outcomes.append(
@@ -410,15 +467,19 @@ class Processor:
                 f"metadata must be an object, not {_kind(metadata)}",
             )
         if metadata:
-            if not _metadata_depth_ok(metadata):
-                return (
-                    RejectReason.INVALID_METADATA,
-                    f"metadata is nested deeper than {MAX_METADATA_DEPTH}",
-                )
             try:
-                metadata_json = orjson.dumps(metadata)
+                metadata_json = orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS)
             except TypeError as exc:
+                if not _metadata_depth_ok(metadata):  # orjson stops at depth 255
+                    return RejectReason.INVALID_METADATA, _TOO_DEEP
                 return RejectReason.INVALID_METADATA, f"metadata is not serialisable: {exc}"
+            # Depth > 16 needs more than 16 opening brackets in the text: count them (in C)
+            # before walking the structure (in Python).
+            if (
+                metadata_json.count(b"{") + metadata_json.count(b"[") > MAX_METADATA_DEPTH
+                and not _metadata_depth_ok(metadata)
+            ):
+                return RejectReason.INVALID_METADATA, _TOO_DEEP
             if len(metadata_json) > MAX_METADATA_BYTES:
                 return RejectReason.INVALID_METADATA, "metadata is larger than 64 KiB"
             if b"\\u0000" in metadata_json and _NUL_ESCAPE.search(metadata_json):
