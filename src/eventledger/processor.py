@@ -67,16 +67,22 @@ def parse_item(item: Any) -> Any:
         return item.value
     if isinstance(item, (str, bytes, bytearray, memoryview)):
         try:
-            return orjson.loads(item)
+            value = orjson.loads(item)
         except orjson.JSONDecodeError as exc:
-            first_error = str(exc)
-        # orjson refuses integers beyond 64 bits and very deep nesting; the stdlib parser is
-        # the second opinion for those (NaN and Infinity stay refused: they are not JSON).
+            value, first_error = None, str(exc)
+        else:
+            # orjson reads integers past 64 bits as floats; an integer user_id of 20+ digits
+            # is usable (SPEC §2), so the stdlib parser reads that event exactly.
+            if type(value) is not dict or type(value.get("user_id")) is not float:
+                return value
+            first_error = ""
+        # orjson refuses very deep nesting; the stdlib parser is the second opinion for that
+        # (NaN and Infinity stay refused: they are not JSON).
         try:
             text = bytes(item).decode("utf-8") if not isinstance(item, str) else item
             return json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError, UnicodeDecodeError):
-            return Unparsable(first_error)
+            return Unparsable(first_error) if first_error else value
     return item
 
 
@@ -166,7 +172,8 @@ def normalize_user_id(value: Any) -> str | None:
             return text
         return None
     if isinstance(value, int) and not isinstance(value, bool):
-        if value.bit_length() > 420:  # far past 128 digits; avoids huge int->str conversions
+        # 10**128 needs 426 bits: beyond 430, skip the costly int->str of a huge number.
+        if value.bit_length() > 430:
             return None
         text = str(value)
         return text if len(text) <= MAX_ID_LENGTH else None

@@ -10,6 +10,8 @@ US_PER_SECOND = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Year 9999-12-31T23:59:59.999Z in milliseconds: the largest instant a datetime can hold.
 MAX_EPOCH_MS = 253_402_300_799_999
+# 0001-01-01T00:00:00Z in microseconds: the earliest instant a datetime can hold.
+MIN_US = -62_135_596_800_000_000
 
 # RFC 3339 date-time with a mandatory offset ("Z" or +hh:mm). fromisoformat alone would also
 # take dates without a time, naive times and other ISO 8601 forms we do not want.
@@ -54,6 +56,8 @@ def parse_rfc3339_us(text: str) -> int | None:
         return None
     try:
         dt = datetime.fromisoformat(text.upper())
-        return datetime_to_us(dt)
+        value = datetime_to_us(dt)
     except (ValueError, OverflowError):
         return None
+    # An offset can push an instant past year 1 or 9999 in UTC, where it cannot be shown.
+    return value if MIN_US <= value <= MAX_EPOCH_MS * 1000 + 999 else None

@@ -300,6 +300,12 @@ class SQLiteStore(Store):
             try:
                 yield _SQLiteTx(conn)
                 conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if self.is_retryable(exc):
+                    raise  # the caller runs the transaction again
+                raise StoreError(f"database error on {self.path}: {exc}") from exc
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
