@@ -148,9 +148,9 @@ def _deep_repr(value: Any) -> str:
             parts.append(item)
         elif isinstance(item, (dict, list, tuple)):
             is_dict = isinstance(item, dict)
-            pairs = (
+            pairs: list[tuple[Any, Any]] = (
                 sorted(item.items(), key=lambda kv: str(kv[0]))
-                if is_dict
+                if isinstance(item, dict)
                 else list(enumerate(item))
             )
             parts.append("{" if is_dict else "[")
