@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from typing import IO
@@ -10,6 +11,7 @@ from .processor import ParsedValue, Unparsable
 
 _READ_SIZE = 1 << 20
 _WS = " \t\r\n"
+_NUMBER_CHARS = "0123456789+-.eE"
 
 
 def iter_events(stream: IO[bytes]) -> Iterator[bytes | ParsedValue | Unparsable]:
@@ -20,6 +22,8 @@ def iter_events(stream: IO[bytes]) -> Iterator[bytes | ParsedValue | Unparsable]
     line is yielded as it is, so the processor rejects it and the batch goes on.
     """
     head = stream.read(_READ_SIZE)
+    if head.startswith(codecs.BOM_UTF8):  # written by some editors and tools; not an event
+        head = head[len(codecs.BOM_UTF8) :]
     if head.lstrip().startswith(b"["):
         yield from _ArrayReader(head, stream)
         return
@@ -46,25 +50,19 @@ class _ArrayReader:
 
     def __init__(self, head: bytes, stream: IO[bytes]) -> None:
         self.stream = stream
-        self.undecoded = b""
+        # Keeps a multi-byte character cut at the end of a read for the next one; invalid
+        # bytes become lone surrogates, which every field check then refuses (a "replace"
+        # decoding would silently alter ids and apply the altered event).
+        self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
         self.eof = False
         self.buf = ""
         self.pos = 0
-        self.decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+        self.json = json.JSONDecoder(parse_constant=_refuse_constant)
         self._append(head)
         self.pos = self.buf.index("[") + 1
 
     def _append(self, data: bytes) -> None:
-        data = self.undecoded + data
-        try:
-            text = data.decode("utf-8")
-            self.undecoded = b""
-        except UnicodeDecodeError as exc:
-            # A multi-byte character cut at the end of a read: keep its bytes for later.
-            if not self.eof and exc.start >= len(data) - 3:
-                text, self.undecoded = data[: exc.start].decode("utf-8"), data[exc.start :]
-            else:
-                text, self.undecoded = data.decode("utf-8", "replace"), b""
+        text = self.decoder.decode(data, final=self.eof)
         self.buf = self.buf[self.pos :] + text
         self.pos = 0
 
@@ -108,14 +106,15 @@ class _ArrayReader:
                     return
             while True:
                 try:
-                    value, end = self.decoder.raw_decode(self.buf, self.pos)
+                    value, end = self.json.raw_decode(self.buf, self.pos)
                 except (ValueError, RecursionError) as exc:
                     if self._refill():
                         continue
                     yield self._broken(count, str(exc))
                     return
-                # A number at the very end of the buffer may go on in the next read.
-                if end >= len(self.buf) and self._refill():
+                # A number at the end of the buffer may go on in the next read: "12" then
+                # "34", and also "-1" then ".5e3" (the scanner stops at a lone "." or "e").
+                if not self.buf[end:].strip(_NUMBER_CHARS) and self._refill():
                     continue
                 break
             yield ParsedValue(value)
