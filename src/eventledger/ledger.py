@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import NotFoundError
 from .model import Outcome, Report
@@ -13,6 +13,9 @@ from .processor import DEFAULT_MAX_CLOCK_SKEW_US, Processor, parse_item
 from .store import Store, open_store
 from .store.base import Endpoint, new_endpoint_secret
 from .timeutil import datetime_to_us, now_us
+
+if TYPE_CHECKING:
+    from .summary import VerifyResult
 
 DEFAULT_CHUNK_SIZE = 2000
 
@@ -104,6 +107,12 @@ class Ledger:
     def fetch_user_activity_summary(self, user_id: str | int) -> dict[str, Any]:
         """``{"click", "view", "purchase", "total_value"}`` from the maintained aggregate."""
         return self.store.summary(str(user_id).strip())
+
+    def verify(self, user_id: str | int | None = None) -> VerifyResult:
+        """Recompute the maintained aggregate from the stored events and list mismatches."""
+        from .summary import verify_store
+
+        return verify_store(self.store, None if user_id is None else str(user_id).strip())
 
     def report(self, batch_id: str) -> dict[str, Any]:
         """A stored report in its JSON form."""
