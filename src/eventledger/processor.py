@@ -293,12 +293,16 @@ class Processor:
 
     @staticmethod
     def event_ids(values: Sequence[Any]) -> list[str]:
-        """The string event ids of a chunk's parsed values (what the store must look up)."""
-        ids = []
+        """The valid event ids of a chunk's parsed values (what the store must look up).
+
+        Invalid ids are rejected without a lookup; a lone surrogate or a NUL in one would
+        make the database driver fail the whole chunk.
+        """
+        ids: list[str] = []
         for value in values:
             if isinstance(value, dict):
                 event_id = value.get("event_id")
-                if isinstance(event_id, str):
+                if isinstance(event_id, str) and _event_id_problem(event_id) is None:
                     ids.append(event_id)
         return ids
 

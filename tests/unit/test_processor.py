@@ -632,3 +632,10 @@ def test_parse_item_very_deep_json_is_malformed_not_a_crash() -> None:
 @pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", '{"p": NaN}'])
 def test_parse_item_refuses_nan_and_infinity(text: str) -> None:
     assert isinstance(parse_item(text), Unparsable)
+
+
+def test_event_ids_leave_out_ids_the_store_cannot_take() -> None:
+    # A regression: a lone surrogate in an event_id went to the database lookup and the
+    # driver's encoding error failed the whole chunk.
+    values = [ev(event_id="ok"), ev(event_id="\ud800"), ev(event_id="a\x00"), ev(event_id="")]
+    assert Processor.event_ids(values) == ["ok"]
