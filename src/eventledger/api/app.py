@@ -60,15 +60,20 @@ class Services:
     config: ApiConfig
     ledger: Ledger
     metrics: ApiMetrics
-    dispatcher: Any = None
-    closers: list[Callable[[], Any]] = field(default_factory=list)
+    dispatcher: Any = None  # the EventOrchestrator, in roles that run it
+    delivery_counts: dict[str, int] = field(default_factory=dict)
     _deliveries: Any = None
 
     def deliveries(self) -> Any:
-        """The store's delivery repository (opened on first use)."""
+        """The store's delivery repository (opened on first use, closed on shutdown)."""
         if self._deliveries is None:
             self._deliveries = self.ledger.store.deliveries()
         return self._deliveries
+
+    async def close_deliveries(self) -> None:
+        if self._deliveries is not None:
+            repo, self._deliveries = self._deliveries, None
+            await repo.close()
 
 
 def services(request: Request) -> Services:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import NotFoundError
 from ..model import Report
+from ..store.deliveries import check_state
 from .app import JSONBytes, Services, services
 from .body import BodyKind, body_kind, parse_batch, read_body
 from .metrics import CONTENT_TYPE
 from .models import (
     ActivityOut,
+    DeliveryOut,
     EndpointIn,
     EndpointOut,
     EndpointPatch,
@@ -55,9 +57,12 @@ def healthz(svc: Services = _SVC) -> Response:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE: {}}}},
 )
-def metrics(svc: Services = _SVC) -> Response:
-    """Prometheus text format: ingest counts, request latency, deliveries, dispatcher."""
-    return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
+async def metrics(svc: Services = _SVC) -> Response:
+    """Prometheus text format: ingest counts, request latency, deliveries by state (from
+    the store, all processes), and this process's dispatcher counters."""
+    svc.delivery_counts = await svc.deliveries().counts()
+    body = await run_in_threadpool(svc.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -163,10 +168,82 @@ def delete_endpoint(endpoint_id: str, svc: Services = _SVC) -> Response:
     return Response(status_code=204)
 
 
+# -- deliveries ------------------------------------------------------------------------------
+# Delivery ids of the pipeline are "endpoint_id/event_id": the path converter takes the slash.
+@api_router.get("/deliveries", response_model=list[DeliveryOut], tags=["deliveries"])
+async def list_deliveries(
+    state: str | None = Query(  # noqa: B008
+        None, description="PENDING, IN_FLIGHT, RETRY_WAIT, COMPLETED, DEAD_LETTER or SKIPPED"
+    ),
+    limit: int = Query(100, ge=1, le=1000),  # noqa: B008
+    offset: int = Query(0, ge=0),  # noqa: B008
+    svc: Services = _SVC,
+) -> Response:
+    """Deliveries, optionally of one state, oldest first."""
+    rows = await svc.deliveries().list_deliveries(check_state(state), limit, offset)
+    return JSONBytes([r.to_dict() for r in rows])
+
+
+@api_router.get("/deliveries/{delivery_id:path}", response_model=DeliveryOut, tags=["deliveries"])
+async def get_delivery(delivery_id: str, svc: Services = _SVC) -> Response:
+    """One delivery: state, attempts, last error, and what it waits for (``blocked_by``)."""
+    info = await svc.deliveries().get(delivery_id)
+    if info is None:
+        raise NotFoundError(f"unknown delivery {delivery_id!r}")
+    return JSONBytes(info.to_dict())
+
+
+@api_router.post(
+    "/deliveries/{delivery_id:path}/retry",
+    response_model=DeliveryOut,
+    tags=["deliveries"],
+    responses={409: {"model": ErrorOut}},
+)
+async def retry_delivery(delivery_id: str, svc: Services = _SVC) -> Response:
+    """DEAD_LETTER -> PENDING, attempts reset: it is delivered again, then its successors."""
+    if svc.dispatcher is not None:  # also wakes this process's dispatcher at once
+        info = await svc.dispatcher.retry_dead_letter(delivery_id)
+    else:
+        info = await svc.deliveries().retry_dead_letter(delivery_id)
+    return JSONBytes(info.to_dict())
+
+
+@api_router.post(
+    "/deliveries/{delivery_id:path}/skip",
+    response_model=DeliveryOut,
+    tags=["deliveries"],
+    responses={409: {"model": ErrorOut}},
+)
+async def skip_delivery(delivery_id: str, svc: Services = _SVC) -> Response:
+    """DEAD_LETTER -> SKIPPED: given up; the user's next delivery may go."""
+    if svc.dispatcher is not None:
+        info = await svc.dispatcher.skip_dead_letter(delivery_id)
+    else:
+        info = await svc.deliveries().skip_dead_letter(delivery_id)
+    return JSONBytes(info.to_dict())
+
+
 # -- background work -------------------------------------------------------------------------
 async def start_background(svc: Services) -> None:
-    """Start what the role runs besides the API (the dispatcher)."""
+    """Export delivery counts, and start the dispatcher when the role runs it."""
+    svc.metrics.add_gauges(
+        "eventledger_deliveries",
+        "Deliveries in the store by state (all processes)",
+        "state",
+        lambda: {k: float(v) for k, v in svc.delivery_counts.items()},
+    )
+    if svc.config.role.runs_dispatcher:
+        from .dispatching import start_dispatcher
+
+        await start_dispatcher(svc)
 
 
 async def stop_background(svc: Services) -> None:
-    """Stop it gracefully."""
+    """Stop the dispatcher gracefully, then close the delivery repository."""
+    try:
+        if svc.dispatcher is not None:
+            from .dispatching import stop_dispatcher
+
+            await stop_dispatcher(svc)
+    finally:
+        await svc.close_deliveries()
