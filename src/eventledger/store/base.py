@@ -22,7 +22,7 @@ import orjson
 
 from ..errors import ConfigError, ConflictError
 from ..model import Outcome, OutcomeKind, Report
-from ..processor import AppliedEvent, ChunkDecision, Processor
+from ..processor import AppliedEvent, ChunkDecision, Processor, normalize_user_id
 from ..timeutil import format_us, now_us
 
 SUMMARY_TYPES = ("click", "view", "purchase")
@@ -168,8 +168,25 @@ def new_endpoint_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+def chunk_user_ids(values: Sequence[Any]) -> list[str]:
+    """The usable user ids of a chunk's parsed values, unique and sorted."""
+    users = set()
+    for value in values:
+        if isinstance(value, dict):
+            user_id = normalize_user_id(value.get("user_id"))
+            if user_id is not None:
+                users.add(user_id)
+    return sorted(users)
+
+
 class WriteTx(abc.ABC):
     """Bulk primitives of one write transaction. Implemented per backend."""
+
+    def lock_users(self, user_ids: Sequence[str]) -> None:  # noqa: B027 - optional hook
+        """Lock the existing users of a chunk before its event ids are looked up.
+
+        Backends whose write transactions already exclude each other (SQLite) need nothing.
+        """
 
     @abc.abstractmethod
     def lookup_applied(self, event_ids: Sequence[str]) -> dict[str, str]:
@@ -257,9 +274,13 @@ class Store(abc.ABC):
         the database reports a deadlock) the whole chunk is decided again on fresh state.
         """
         ids = processor.event_ids(values)
+        users = chunk_user_ids(values)
         for attempt in range(MAX_CHUNK_ATTEMPTS):
             try:
                 with self.write_transaction() as tx:
+                    # Lock first, then look up: a concurrent writer of these users finishes
+                    # before our lookup, instead of applying our ids behind its back.
+                    tx.lock_users(users)
                     decision = processor.decide_chunk(values, tx.lookup_applied(ids), first_index)
                     self._write_chunk(tx, decision, batch_id)
                 return decision
