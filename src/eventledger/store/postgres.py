@@ -327,7 +327,7 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             raise StoreError(
                 f"cannot connect to PostgreSQL at {self.target}: {self._message(exc)}"
-            ) from None
+            ) from exc
 
     def _wrap(self, exc: psycopg.Error) -> StoreError:
         if isinstance(exc, psycopg.errors.UndefinedTable):
