@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections import Counter, defaultdict
@@ -43,6 +44,7 @@ class Receiver:
 
     port: int = 0
     failing: set[str] = field(default_factory=set)
+    delays: dict[str, float] = field(default_factory=dict)  # seconds before answering
     attempts: list[tuple[str, str]] = field(default_factory=list)  # (name, webhook-id)
     accepted: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     headers: dict[str, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))
@@ -51,6 +53,7 @@ class Receiver:
         name = request.match_info["name"]
         body = await request.read()
         self.attempts.append((name, request.headers.get("webhook-id", "")))
+        await asyncio.sleep(self.delays.get(name, 0.0))
         if name in self.failing:
             return web.Response(status=500, text="receiver is down")
         payload = orjson.loads(body)
@@ -344,3 +347,24 @@ async def test_api_and_worker_roles_in_separate_processes(
         )
         api_metrics = (await c.get("/metrics")).text
         assert "eventledger_dispatcher_events_total" not in api_metrics
+
+
+async def test_sigterm_lets_the_request_in_flight_finish_and_records_it(
+    serve: ServiceFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.delays["slow"] = 1.0
+    service = await serve("--role", "all")
+    async with service.client() as c:
+        await c.post("/v1/endpoints", json={"url": receiver.url("slow")})
+        assert (await c.post("/v1/events", json=[event("t1", "u", 1)])).json()["applied"] == 1
+
+    async def in_flight() -> bool:
+        return len(receiver.attempts) == 1
+
+    await eventually(in_flight, "the delivery request started")
+    assert not receiver.accepted["slow"]
+    assert await service.stop() == 0  # SIGTERM while the receiver is still answering
+    assert [p["event_id"] for p in receiver.accepted["slow"]] == ["t1"]
+    with sqlite3.connect(tmp_path / "pipeline.db") as conn:
+        rows = conn.execute("SELECT state, lease_owner FROM deliveries").fetchall()
+    assert rows == [("COMPLETED", None)]  # recorded, not left IN_FLIGHT for a lease to expire

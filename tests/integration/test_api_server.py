@@ -403,6 +403,10 @@ SPEC_ROUTES = {
     ("get", "/v1/endpoints/{endpoint_id}"),
     ("patch", "/v1/endpoints/{endpoint_id}"),
     ("delete", "/v1/endpoints/{endpoint_id}"),
+    ("get", "/v1/deliveries"),
+    ("get", "/v1/deliveries/{delivery_id}"),
+    ("post", "/v1/deliveries/{delivery_id}/retry"),
+    ("post", "/v1/deliveries/{delivery_id}/skip"),
     ("get", "/metrics"),
     ("get", "/healthz"),
 }

@@ -138,12 +138,16 @@ def _parse_array(body: bytes, max_events: int) -> list[Any]:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # orjson refuses integers beyond 64 bits and nesting deeper than 1024; the stdlib
-        # parser is the second opinion (NaN and Infinity stay refused).
-        try:
-            value = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
-        except (ValueError, RecursionError):
-            raise BodyError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+        # orjson refuses nesting deeper than 1024; the stdlib parser is the second opinion
+        # (NaN and Infinity stay refused).
+        value = _stdlib_loads(body, str(exc))
+    else:
+        # orjson reads integers past 64 bits as floats; an integer user_id of 20+ digits is
+        # usable (SPEC §2), so such a batch is read again exactly, as parse_item does.
+        if type(value) is list and any(
+            type(v) is dict and type(v.get("user_id")) is float for v in value
+        ):
+            value = _stdlib_loads(body, "")
     if not isinstance(value, list):
         hint = " (wrap a single event in [ ])" if isinstance(value, dict) else ""
         raise BodyError(
@@ -158,6 +162,14 @@ def _parse_array(body: bytes, max_events: int) -> list[Any]:
         raise _too_many(max_events)
     # Wrapped so that a string element is taken as a (non-object) value, not as JSON text.
     return [ParsedValue(v) for v in value]
+
+
+def _stdlib_loads(body: bytes, first_error: str) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        why = first_error or str(exc)
+        raise BodyError(400, "malformed_json", f"the body is not valid JSON: {why}") from None
 
 
 def _parse_ndjson(body: bytes) -> list[Any]:
