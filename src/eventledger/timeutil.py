@@ -44,10 +44,9 @@ def format_us(value: int | None) -> str | None:
     """RFC 3339 text (UTC, "Z") of microseconds since the epoch; None stays None."""
     if value is None:
         return None
-    dt = us_to_datetime(value)
-    if dt.microsecond:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime("%Y"): that drops the zero padding of years before 1000 on
+    # glibc ("999-12-31..."), which is not RFC 3339. Microseconds appear only when non-zero.
+    return us_to_datetime(value).replace(tzinfo=None).isoformat() + "Z"
 
 
 def parse_rfc3339_us(text: str) -> int | None:
