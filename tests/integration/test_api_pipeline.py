@@ -111,13 +111,13 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     started: list[Service] = []
     db = f"sqlite:///{tmp_path / 'pipeline.db'}"
 
-    async def start(*args: str) -> Service:
+    async def start(*args: str, db_url: str = db) -> Service:
         port = free_port()
         log = tmp_path / f"serve-{port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLEDGER_")}
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "eventledger", "serve", "--db", db, "--port", str(port),
+                sys.executable, "-m", "eventledger", "serve", "--db", db_url, "--port", str(port),
                 "--log-level", "warning", "--allow-private-targets", *args,
                 env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
@@ -318,10 +318,11 @@ async def test_dead_letter_is_resolved_through_the_api(
 
 
 async def test_api_and_worker_roles_in_separate_processes(
-    serve: ServiceFactory, receiver: Receiver
+    serve: ServiceFactory, receiver: Receiver, store_url: str
 ) -> None:
-    api = await serve("--role", "api")
-    worker = await serve("--role", "worker")
+    """On both backends; on PostgreSQL this is how the roles scale out across hosts."""
+    api = await serve("--role", "api", db_url=store_url)
+    worker = await serve("--role", "worker", db_url=store_url)
     async with api.client() as c, worker.client() as w:
         assert "dispatcher" not in (await c.get("/healthz")).json()
         assert (await w.get("/healthz")).json() == {
