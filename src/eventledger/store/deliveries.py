@@ -344,7 +344,8 @@ INSERT = (
 
 RECORD = (
     "UPDATE deliveries SET state = :state, last_status = :last_status,"
-    " last_error = :last_error, next_attempt_at = :next_attempt_at, lease_owner = NULL,"
+    " last_error = COALESCE(:last_error, last_error), next_attempt_at = :next_attempt_at,"
+    " lease_owner = NULL,"
     " lease_expires_at = NULL, updated_at = :now, completed_at = :completed_at"
     " WHERE delivery_id = :delivery_id AND state = 'IN_FLIGHT' AND lease_owner = :owner"
 )
