@@ -45,6 +45,10 @@ CONNECT_TIMEOUT_S = 10
 # pg_advisory_xact_lock key serialising schema upgrades between processes ("eventled").
 UPGRADE_LOCK_KEY = 0x6576656E746C6564
 VERSION_TABLE = "eventledger_schema_version"
+VERSION_TABLE_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
+    " version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+)
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _CONNECTION_KWARGS: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
 
@@ -392,10 +396,7 @@ class PostgresStore(Store):
                 # Several processes may start on a new database at once: one migrates, the
                 # others wait here and then find the work done.
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (UPGRADE_LOCK_KEY,))
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
-                    " version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
-                )
+                conn.execute(VERSION_TABLE_DDL)
                 current = self._version(conn)
                 if current > latest:
                     raise SchemaError(
