@@ -122,7 +122,7 @@ def http_ingest(base: str, batches: list[list[dict[str, Any]]], max_s: float) ->
                 "/v1/events", content=body, headers={"content-type": "application/json"}
             )
             r.raise_for_status()
-            report = r.json()
+            report = orjson.loads(r.content)
             done += report["total"]
             applied += report["applied"]
             if time.perf_counter() - start > max_s:
