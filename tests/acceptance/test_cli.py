@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ EVENTS: list[Any] = [
 ]
 
 
-def ndjson(events: list[Any], extra_lines: list[str] = ()) -> str:  # type: ignore[assignment]
+def ndjson(events: list[Any], extra_lines: Sequence[str] = ()) -> str:
     lines = [json.dumps(e) for e in events] + list(extra_lines)
     return "\n".join(lines) + "\n"
 

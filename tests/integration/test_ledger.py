@@ -669,6 +669,7 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("surrogate event_id line", VALID.replace('"bad"', '"\\ud800"') + "}", "invalid_event_id"),
     ("surrogate user_id line", VALID.replace('"u1"', '"u\\udc00"') + "}", "invalid_user_id"),
     ("surrogate metadata line", VALID + ',"metadata":{"k":"\\ud800"}}', "invalid_metadata"),
+    ("raw surrogate in str line", VALID.replace('"bad"', '"\ud800"') + "}", "invalid_event_id"),
     ("invalid utf-8 line", VALID.encode().replace(b"bad", b"b\xffd") + b"}", "malformed_json"),
     ("huge int user_id line", VALID.replace('"u1"', "1" + "0" * 300) + "}", "invalid_user_id"),
     ("huge int event_id line", VALID.replace('"bad"', "9" * 40) + "}", "invalid_event_id"),
