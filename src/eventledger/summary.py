@@ -176,13 +176,16 @@ _STRING_SLOW = """CASE
 
 
 def existing_table_query(table: str) -> psycopg.sql.Composed:
-    """The one aggregate statement of existing-table mode for ``table`` (``t`` or ``s.t``)."""
+    """The one aggregate statement of existing-table mode for ``table`` (``t`` or ``s.t``).
+
+    Parameters: ``user_id`` and the ``ws_digits_from``/``ws_digits_to`` translation of
+    :func:`_unicode_translation`.
+    """
     from psycopg import sql
 
-    src, dst = _unicode_translation()
-    t = sql.SQL("translate(metadata ->> 'price', {}, {})").format(
-        sql.Literal(src), sql.Literal(dst)
-    )
+    # The translation strings (~700 characters each) are parameters, sent once per call,
+    # rather than literals repeated in the statement text.
+    t = sql.SQL("translate(metadata ->> 'price', %(ws_digits_from)s, %(ws_digits_to)s)")
     u = sql.SQL("replace(btrim({}), '_', '')").format(t)
     consts = {"overflow": sql.Literal(_FLOAT_OVERFLOW), "tiny": sql.Literal(_TINY)}
     string_slow = sql.SQL(_STRING_SLOW).format(
@@ -346,7 +349,9 @@ class ExistingTable:
         if self._query is None:
             self._query = existing_table_query(self.table)
         with self.transaction() as cur:
-            row = cur.execute(self._query, {"user_id": uid}).fetchone()
+            src, dst = _unicode_translation()
+            params = {"user_id": uid, "ws_digits_from": src, "ws_digits_to": dst}
+            row = cur.execute(self._query, params).fetchone()
         assert row is not None  # an aggregate without GROUP BY returns exactly one row
         clicks, views, purchases, scaled = row
         # Unscaling in Python: overflow gives inf as in the legacy sum; "+ 0.0" turns -0.0
