@@ -17,9 +17,10 @@ _NUMBER_CHARS = "0123456789+-.eE"
 def iter_events(stream: IO[bytes]) -> Iterator[bytes | ParsedValue | Unparsable]:
     """Yield the events of a binary stream without loading it whole.
 
-    A stream whose first non-blank byte is ``[`` is a JSON array, read element by element;
-    anything else is NDJSON, one event per line (blank lines are not events). A malformed
-    line is yielded as it is, so the processor rejects it and the batch goes on.
+    A stream whose first non-blank byte is ``[`` is a JSON array, read element by element
+    (lines after its closing bracket are read as NDJSON); anything else is NDJSON, one event
+    per line (blank lines are not events). A malformed line is yielded as it is, so the
+    processor rejects it and the batch goes on.
     """
     head = stream.read(_READ_SIZE)
     if head.startswith(codecs.BOM_UTF8):  # written by some editors and tools; not an event
@@ -27,6 +28,11 @@ def iter_events(stream: IO[bytes]) -> Iterator[bytes | ParsedValue | Unparsable]
     if head.lstrip().startswith(b"["):
         yield from _ArrayReader(head, stream)
         return
+    yield from _iter_lines(head, stream)
+
+
+def _iter_lines(head: bytes, stream: IO[bytes]) -> Iterator[bytes]:
+    """The non-blank lines of ``head`` followed by the rest of the stream."""
     pending = b""
     chunk = head
     while chunk:
@@ -85,7 +91,7 @@ class _ArrayReader:
             if not self._refill():
                 return False
 
-    def __iter__(self) -> Iterator[ParsedValue | Unparsable]:
+    def __iter__(self) -> Iterator[ParsedValue | Unparsable | bytes]:
         count = 0
         while True:
             if not self._skip_ws():
@@ -94,7 +100,10 @@ class _ArrayReader:
             if self.buf[self.pos] == "]":
                 self.pos += 1
                 if self._skip_ws():
-                    yield Unparsable("unexpected content after the JSON array")
+                    # More after the array: garbage, or NDJSON whose first event is an array.
+                    # Each further line is its own event, so the valid ones still count.
+                    rest = self.buf[self.pos :].encode("utf-8", "surrogateescape")
+                    yield from _iter_lines(rest + self.decoder.getstate()[0], self.stream)
                 return
             if count:
                 if self.buf[self.pos] != ",":

@@ -165,7 +165,14 @@ def test_array_truncated_is_one_malformed_outcome() -> None:
 def test_array_trailing_garbage_is_one_malformed_outcome() -> None:
     items = read(b'[{"a":1}] trailing')
     assert values(items) == [{"a": 1}, Unparsable]
-    assert "after the JSON array" in items[-1].detail
+    assert items[-1] == b"trailing"
+
+
+def test_lines_after_the_array_still_count(small_reads: int) -> None:
+    # A regression: NDJSON whose first event is an array line lost every later line in one
+    # malformed outcome ("unexpected content after the JSON array").
+    data = '[1, 2]\n{"e": "é😀"}\r\n\nnot json\n{"e": 2}'.encode()
+    assert values(read(data)) == [1, 2, {"e": "é😀"}, Unparsable, {"e": 2}]
 
 
 def test_array_trailing_whitespace_is_fine() -> None:
