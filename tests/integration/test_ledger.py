@@ -13,6 +13,7 @@ import pytest
 
 from eventledger import Ledger, NotFoundError, StoreError
 from eventledger.model import Outcome
+from eventledger.store import sqlite as sqlite_store
 from eventledger.timeutil import datetime_to_us, format_us
 
 RECEIVED_AT = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -577,6 +578,27 @@ def test_failure_on_event_insert_rolls_back_user_state(
     assert db.execute("SELECT count(*) FROM users").fetchone() == (0,)
     assert db.execute("SELECT count(*) FROM user_counts").fetchone() == (0,)
     assert ledger.activity("u1") is None
+    ledger.close()
+
+
+def test_database_locked_mid_batch_fails_cleanly(
+    sqlite_url: str, db: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.2)
+    ledger = Ledger(sqlite_url, chunk_size=2)
+
+    def lock_after_first_chunk(done: int) -> None:
+        if done == 2:
+            db.execute("BEGIN IMMEDIATE")  # another writer takes the write lock
+
+    batch = [ev("l1"), ev("l2"), ev("l3", user_id="u2"), ev("l4", user_id="u2")]
+    with pytest.raises(StoreError, match="locked"):
+        ledger.process(batch, received_at=RECEIVED_AT, progress=lock_after_first_chunk)
+    db.rollback()
+    assert db.execute("SELECT event_id FROM events ORDER BY 1").fetchall() == [("l1",), ("l2",)]
+    assert ledger.activity("u2") is None
+    report = ledger.process(batch, received_at=RECEIVED_AT)
+    assert kinds(report) == ["duplicate", "duplicate", "applied", "applied"]
     ledger.close()
 
 
