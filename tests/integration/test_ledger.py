@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from eventledger import Ledger, NotFoundError, StoreError
-from eventledger.model import Outcome
+from eventledger.model import Outcome, RejectReason
 from eventledger.store import sqlite as sqlite_store
 from eventledger.timeutil import datetime_to_us, format_us
 
@@ -345,6 +345,40 @@ def test_unknown_type_with_allowlist(sqlite_url: str) -> None:
             received_at=RECEIVED_AT,
         )
     assert reasons(report) == [None, "unknown_type", "invalid_type"]
+
+
+EVERY_CODE: list[tuple[Any, str]] = [
+    (b'{"event_id": ', "malformed_json"),
+    (b"[]", "not_an_object"),
+    (ev(MISSING), "missing_event_id"),  # type: ignore[arg-type]
+    (ev(" "), "invalid_event_id"),
+    (ev(user_id=MISSING), "missing_user_id"),
+    (ev(user_id=[]), "invalid_user_id"),
+    (ev(type=MISSING), "missing_type"),
+    (ev(type="A"), "invalid_type"),
+    (ev(type="zzz"), "unknown_type"),
+    (ev(timestamp=MISSING), "missing_timestamp"),
+    (ev(timestamp="2026-01-01T11:00:00"), "invalid_timestamp"),
+    (ev(timestamp="2026-01-01T12:05:01Z"), "timestamp_in_future"),
+    (ev(metadata=[]), "invalid_metadata"),
+    (ev(type="purchase", metadata={"price": "1,50"}), "invalid_price"),
+    (ev(sequence=0), "invalid_sequence"),
+]
+
+
+def test_every_rejection_code_has_a_case() -> None:
+    assert {code for _, code in EVERY_CODE} == {r.value for r in RejectReason}
+
+
+@pytest.mark.parametrize(("event", "code"), EVERY_CODE, ids=[c for _, c in EVERY_CODE])
+def test_each_rejection_code_through_the_store(sqlite_url: str, event: Any, code: str) -> None:
+    with Ledger(sqlite_url, type_allowlist=["click", "view", "purchase"]) as ledger:
+        report = ledger.process([event, ev("ok")], received_at=RECEIVED_AT)
+        stored = ledger.report(report.batch_id)
+    assert reasons(report) == [code, None]
+    assert report.rejected_by_reason == {code: 1}
+    assert stored["outcomes"][0]["reason"] == code
+    assert stored["outcomes"][0]["detail"] == report.to_dict()["outcomes"][0]["detail"]
 
 
 def test_timestamp_formats(ledger: Ledger) -> None:

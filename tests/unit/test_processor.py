@@ -371,6 +371,7 @@ def test_missing_timestamp() -> None:
         [2026],
         "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
         "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+        "２０２６-01-01T11:00:00Z",  # non-ASCII digits
     ],
     ids=repr,
 )
