@@ -237,6 +237,19 @@ def parse_timestamp_us(value: Any) -> int | None:
     return None
 
 
+def _has_non_finite(metadata: dict[str, Any]) -> bool:
+    """Whether a float NaN or infinity is anywhere in the metadata."""
+    stack: list[Any] = [metadata]
+    while stack:
+        obj = stack.pop()
+        for value in obj.values() if isinstance(obj, dict) else obj:
+            if isinstance(value, float) and not math.isfinite(value):
+                return True
+            if isinstance(value, (dict, list)):
+                stack.append(value)
+    return False
+
+
 def _metadata_depth_ok(metadata: dict[str, Any]) -> bool:
     stack: list[tuple[Any, int]] = [(metadata, 1)]
     while stack:
@@ -495,6 +508,11 @@ class Processor:
                 return RejectReason.INVALID_METADATA, "metadata is larger than 64 KiB"
             if b"\\u0000" in metadata_json and _NUL_ESCAPE.search(metadata_json):
                 return RejectReason.INVALID_METADATA, "metadata contains a NUL character"
+            # orjson writes NaN and Infinity (possible in a dict given to the library) as
+            # null: refuse them rather than store a changed value. Rare, so only looked for
+            # when the text has a null.
+            if b"null" in metadata_json and _has_non_finite(metadata):
+                return RejectReason.INVALID_METADATA, "metadata holds NaN or Infinity"
         else:
             metadata_json = b"{}"
 

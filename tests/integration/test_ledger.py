@@ -740,7 +740,8 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("NaN literal", VALID + ',"metadata":{"price":NaN}}', "malformed_json"),
     ("Infinity literal", VALID + ',"sequence":Infinity}', "malformed_json"),
     ("-Infinity literal", VALID + ',"metadata":{"x":-Infinity}}', "malformed_json"),
-    ("NaN price dict", ev(type="purchase", metadata={"price": float("nan")}), "invalid_price"),
+    ("NaN price dict", ev(type="purchase", metadata={"price": float("nan")}), "invalid_metadata"),
+    ("Infinity metadata dict", ev(metadata={"x": [float("inf")]}), "invalid_metadata"),
     ("BOM line", b"\xef\xbb\xbf" + VALID.encode() + b"}", "malformed_json"),
 ]
 
