@@ -137,12 +137,12 @@ WHERE user_id = %(user_id)s
 _PRICE_TEMPLATE = """
 CASE jsonb_typeof(metadata -> 'price')
 WHEN 'number' THEN CASE
-    WHEN length(metadata ->> 'price') <= 300 THEN (metadata ->> 'price')::float8
+    WHEN octet_length(metadata ->> 'price') <= 300 THEN (metadata ->> 'price')::float8
     ELSE {number_slow} END
 WHEN 'string' THEN CASE
-    WHEN length(metadata ->> 'price') <= 300 AND (metadata ->> 'price') ~ {fast_plain}
+    WHEN octet_length(metadata ->> 'price') <= 300 AND (metadata ->> 'price') ~ {fast_plain}
         THEN (metadata ->> 'price')::float8
-    WHEN length(metadata ->> 'price') <= 40 AND (metadata ->> 'price') ~ {fast_exp}
+    WHEN octet_length(metadata ->> 'price') <= 40 AND (metadata ->> 'price') ~ {fast_exp}
         THEN (metadata ->> 'price')::float8
     ELSE {string_slow} END
 WHEN 'boolean' THEN CASE WHEN metadata -> 'price' = 'true'::jsonb THEN 1.0::float8 END
@@ -300,7 +300,9 @@ class ExistingTable:
 
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        options = "-c default_transaction_read_only=on"
+        # jit=off: without prepared statements every call would pay JIT compilation again
+        # (~60 ms measured on the 1M-row table, more than the scan it was meant to speed up).
+        options = "-c default_transaction_read_only=on -c jit=off"
         if self.statement_timeout_ms is not None:
             options += f" -c statement_timeout={int(self.statement_timeout_ms)}"
         try:
