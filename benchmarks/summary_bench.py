@@ -442,8 +442,11 @@ def load_own_store(url: str, heavy_events: int, small_users: int) -> dict[str, A
                 for (u, t), n in counts.items():
                     copy.write_row((u, t, n))
             pconn.execute("VACUUM ANALYZE")
-    return {"heavy_events": heavy_events, "small_users": small_users,
-            "load_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    return {
+        "heavy_events": heavy_events,
+        "small_users": small_users,
+        "load_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def own_store_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -472,7 +475,7 @@ def own_store_bench(args: argparse.Namespace) -> dict[str, Any]:
                     calls=args.own_calls,
                     warmup=20,
                     max_seconds=args.max_seconds,
-                ),  # fmt: skip
+                ),
                 "baseline_recount": run_worker(
                     "own-recount",
                     url=url,
@@ -480,7 +483,7 @@ def own_store_bench(args: argparse.Namespace) -> dict[str, Any]:
                     calls=max(5, args.calls // 5),
                     warmup=1,
                     max_seconds=args.max_seconds,
-                ),  # fmt: skip
+                ),
             }
         p99 = max(entry[x]["new"].get("p99_ms", math.inf) for x in ("heavy_user", "small_user"))
         entry["goal_p99_le_2ms"] = p99 <= GOAL_OWN_P99_MS

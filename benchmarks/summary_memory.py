@@ -99,6 +99,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax2.set_ylabel("ms per summary")
     ax2.set_title("latency")
     ax2.legend()
+    from matplotlib.ticker import NullFormatter
+
+    for ax in (ax1, ax2):
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{x:,}" for x in xs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

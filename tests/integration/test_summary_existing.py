@@ -464,6 +464,8 @@ def test_session_is_read_only_and_never_prepares(legacy_url: str) -> None:
             assert cur.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
             assert cur.execute("SHOW transaction_read_only").fetchone() == ("on",)
             assert cur.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+            # JIT would compile the unprepared statement again on every call
+            assert cur.execute("SHOW jit").fetchone() == ("off",)
         with pytest.raises(StoreError, match="read-only") as info:
             with et.transaction() as cur:
                 cur.execute("INSERT INTO legacy.events (id, user_id, type) VALUES (99, 1, 'x')")
