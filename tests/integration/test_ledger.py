@@ -477,8 +477,8 @@ def test_report_shape_and_counts(sqlite_url: str) -> None:
     json.dumps(data)  # the JSON form is JSON
 
 
-def test_stored_report_equals_returned(sqlite_url: str) -> None:
-    with Ledger(sqlite_url, chunk_size=3) as ledger:
+def test_stored_report_equals_returned(store_url: str) -> None:
+    with Ledger(store_url, chunk_size=3) as ledger:
         report = ledger.process(mixed_batch(), received_at=RECEIVED_AT)
         stored = ledger.report(report.batch_id)
         other = ledger.process(mixed_batch(), received_at=LATER)
@@ -748,11 +748,12 @@ MALFORMED: list[tuple[str, Any, str]] = [
 
 @pytest.mark.parametrize(("bad", "code"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
 def test_malformed_input_gets_a_code_and_the_rest_counts(
-    sqlite_url: str, bad: Any, code: str
+    store_url: str, bad: Any, code: str
 ) -> None:
+    """On both backends: odd strings and values must not upset either driver."""
     good_before = ev("good-1", user_id="g")
     good_after = ev("good-2", user_id="g", type="purchase", metadata={"price": 1})
-    with Ledger(sqlite_url, chunk_size=2) as ledger:
+    with Ledger(store_url, chunk_size=2) as ledger:
         report = ledger.process([good_before, bad, good_after], received_at=RECEIVED_AT)
         stored = ledger.report(report.batch_id)
         summary = ledger.fetch_user_activity_summary("g")
