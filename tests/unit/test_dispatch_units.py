@@ -64,12 +64,28 @@ def test_host_lanes_admit_fifo_and_never_exceed_the_limit() -> None:
     assert not lanes.offer("a", 3) and not lanes.offer("a", 4)
     assert lanes.offer("b", 10)  # another host is not held up by a's queue
     assert lanes.admitted("a") == 2 and lanes.waiting("a") == 2
-    assert lanes.load() == 3  # a counts at most its limit
+    assert lanes.load() == 5
     assert lanes.done("a") == 3  # first come, first served
     assert lanes.admitted("a") == 2
-    assert lanes.trim(0) == [4]
+    assert lanes.drain_waiting() == [4]
     assert lanes.done("a") is None and lanes.done("a") is None
     assert lanes.admitted("a") == 0 and lanes.load() == 1
+
+
+def test_a_stalled_host_counts_only_its_slots_and_gives_back_its_queue() -> None:
+    lanes: HostLanes[str] = HostLanes(2)
+    for i in range(5):
+        lanes.offer("slow", f"s{i}", now=100.0)
+    lanes.offer("fast", "f0", now=100.0)
+    # Not stalled yet: everything counts, nothing is given back.
+    assert lanes.load(100.4, 0.5) == 6 and lanes.trim_stalled(100.4, 0.5) == []
+    # No slot of "slow" freed for more than 0.5 s: only its 2 slots count, its queue goes back.
+    assert lanes.load(100.6, 0.5) == 3
+    assert lanes.trim_stalled(100.6, 0.5) == ["s2", "s3", "s4"]
+    assert lanes.waiting("slow") == 0 and lanes.admitted("slow") == 2
+    # Progress makes it healthy again.
+    assert lanes.done("slow", now=101.0) is None
+    assert not lanes.stalled("slow", 101.2, 0.5)
 
 
 def test_signature_matches_an_independent_computation() -> None:

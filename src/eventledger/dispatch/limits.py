@@ -29,18 +29,22 @@ class HostLanes(Generic[T]):
         self.limit = limit
         self._admitted: dict[str, int] = {}
         self._waiting: dict[str, deque[T]] = {}
+        self._progress: dict[str, float] = {}  # when the host last freed (or first took) a slot
 
-    def offer(self, host: str, item: T) -> bool:
+    def offer(self, host: str, item: T, now: float = 0.0) -> bool:
         """Admit ``item`` now (True) or queue it behind the host's earlier items (False)."""
         n = self._admitted.get(host, 0)
         if n < self.limit and not self._waiting.get(host):
             self._admitted[host] = n + 1
+            if n == 0:
+                self._progress[host] = now
             return True
         self._waiting.setdefault(host, deque()).append(item)
         return False
 
-    def done(self, host: str) -> T | None:
+    def done(self, host: str, now: float = 0.0) -> T | None:
         """An admitted item of ``host`` finished: admit and return the next waiting one."""
+        self._progress[host] = now
         waiting = self._waiting.get(host)
         if waiting:
             item = waiting.popleft()
@@ -52,6 +56,7 @@ class HostLanes(Generic[T]):
             self._admitted[host] = n
         else:
             self._admitted.pop(host, None)
+            self._progress.pop(host, None)
         return None
 
     def admitted(self, host: str) -> int:
@@ -62,21 +67,26 @@ class HostLanes(Generic[T]):
         """Items of ``host`` queued for admission."""
         return len(self._waiting.get(host, ()))
 
-    def load(self) -> int:
-        """Admitted plus waiting items, counting at most ``limit`` per host: a host with a
-        long queue does not count as more work than it may run at once."""
-        hosts = self._admitted.keys() | self._waiting.keys()
-        return sum(min(self.limit, self.admitted(h) + self.waiting(h)) for h in hosts)
+    def stalled(self, host: str, now: float, after: float) -> bool:
+        """Whether ``host`` has every slot taken and freed none for ``after`` seconds."""
+        return self.admitted(host) >= self.limit and now - self._progress.get(host, now) > after
 
-    def trim(self, keep: int) -> list[T]:
-        """Remove and return the waiting items beyond ``keep`` per host (newest first out)."""
+    def load(self, now: float = 0.0, stall_after: float = float("inf")) -> int:
+        """Admitted plus waiting items; a stalled host counts at most ``limit``, so that its
+        queue never holds room that other hosts could use."""
+        hosts = self._admitted.keys() | self._waiting.keys()
+        total = 0
+        for h in hosts:
+            n = self.admitted(h) + self.waiting(h)
+            total += min(n, self.limit) if self.stalled(h, now, stall_after) else n
+        return total
+
+    def trim_stalled(self, now: float, stall_after: float) -> list[T]:
+        """Remove and return the waiting items of stalled hosts."""
         out: list[T] = []
         for host in list(self._waiting):
-            waiting = self._waiting[host]
-            while len(waiting) > keep:
-                out.append(waiting.pop())
-            if not waiting:
-                del self._waiting[host]
+            if self.stalled(host, now, stall_after):
+                out.extend(self._waiting.pop(host))
         return out
 
     def drain_waiting(self) -> list[T]:

@@ -174,7 +174,7 @@ class EventOrchestrator:
         while not self._work.empty():
             item = self._work.get_nowait()
             if item is not None:
-                self._lanes.done(host_of(item))
+                self._lanes.done(host_of(item), time.monotonic())
                 unsent.append(item)
         await self._release(unsent, now_us())
         for _ in self._workers:
@@ -310,7 +310,11 @@ class EventOrchestrator:
         next_blocked_check = 0.0
         while not self._stopping:
             self._wake.clear()
-            room = cfg.workers + cfg.claim_batch_size - self._lanes.load()
+            room = (
+                cfg.workers
+                + cfg.claim_batch_size
+                - self._lanes.load(time.monotonic(), cfg.saturated_host_delay)
+            )
             claimed: list[ClaimedDelivery] = []
             if room > 0:
                 try:
@@ -345,14 +349,14 @@ class EventOrchestrator:
             except TargetRefusedError as exc:
                 refused.append((item, self._dead(item, str(exc))))
                 continue
-            if self._lanes.offer(host, item):
+            if self._lanes.offer(host, item, time.monotonic()):
                 self._work.put_nowait(item)
         for pair in refused:
             self.metrics.refused_targets += 1
             self._results.put_nowait(pair)
-        # A host with more queued than it may run at once gives the surplus back for a while,
-        # so that its backlog never holds room other hosts could use.
-        surplus = self._lanes.trim(self.config.per_host_limit)
+        # A host whose slots are all taken and none freed for a while (hanging, saturated)
+        # gives its queue back for a while, so that it never holds room other hosts could use.
+        surplus = self._lanes.trim_stalled(time.monotonic(), self.config.saturated_host_delay)
         if surplus:
             retry_at = now_us() + int(self.config.saturated_host_delay * US)
             await self._release(surplus, retry_at)
@@ -381,7 +385,7 @@ class EventOrchestrator:
                 result = await self._attempt(item, rng)
             finally:
                 self.metrics.in_flight -= 1
-                nxt = self._lanes.done(host_of(item))
+                nxt = self._lanes.done(host_of(item), time.monotonic())
                 if nxt is not None:
                     self._work.put_nowait(nxt)
             self._results.put_nowait((item, result))

@@ -191,7 +191,7 @@ def info_from_row(row: Sequence[Any], prev_state: str | None = None) -> Delivery
         attempts=int(row[7]),
         last_error=row[8],
         last_status=row[9],
-        next_attempt_at_us=int(row[10]),
+        next_attempt_at_us=int(row[10]) if int(row[10]) < PARKED else 0,
         lease_owner=row[11],
         lease_expires_at_us=row[12],
         created_at_us=int(row[13]),
@@ -323,6 +323,26 @@ DUE_IDS = (
     " UNION ALL"
     " SELECT d.delivery_id FROM deliveries d WHERE d.state IN ('PENDING', 'RETRY_WAIT')"
     f" AND d.next_attempt_at <= :now AND {READY}"
+)
+
+# Parking (SQLite): a PENDING row found not ready gets next_attempt_at = PARKED, so the due
+# scan of later claims no longer walks past it; completing or skipping its predecessor
+# unparks it. Without it every claim re-checked every blocked row: 5.8 ms per claim of ~70
+# rows during the 20,000-event benchmark, against 0.7 ms for 200 rows when only ready rows
+# are scanned (benchmarks/dispatch_bench.py). Safe on SQLite because parking runs under the
+# write lock and sees the predecessor's latest state.
+PARKED = 1 << 62
+
+PARK = (
+    "UPDATE deliveries SET next_attempt_at = :parked WHERE delivery_id IN ("
+    "SELECT d.delivery_id FROM deliveries d WHERE d.state = 'PENDING'"
+    f" AND d.next_attempt_at <= :now AND d.sequence > 1 AND NOT {READY})"
+)
+
+UNPARK_NEXT = (
+    "UPDATE deliveries SET next_attempt_at = 0 WHERE next_attempt_at = :parked"
+    " AND (entity_key, sequence) = (SELECT entity_key, sequence + 1 FROM deliveries"
+    " WHERE delivery_id = :delivery_id)"
 )
 
 CLAIM_SET = (

@@ -129,8 +129,11 @@ class SQLiteDeliveryRepository(DeliveryRepository):
             f" RETURNING {q.CLAIM_RETURNING}"
         )
 
+        park = {"parked": q.PARKED, "now": now}
+
         def work(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
             def body() -> list[ClaimedDelivery]:
+                conn.execute(q.PARK, park)
                 rows = conn.execute(sql, params).fetchall()
                 endpoint_ids = sorted({r[6] for r in rows if r[6] is not None})
                 secrets: dict[str, str | None] = {}
@@ -155,8 +158,19 @@ class SQLiteDeliveryRepository(DeliveryRepository):
         now = _now_us()
         params = [q.record_params(owner, r, now) for r in results]
 
+        resolved = [
+            {"parked": q.PARKED, "delivery_id": r.delivery_id}
+            for r in results
+            if r.state is DeliveryState.COMPLETED
+        ]
+
         def work(conn: sqlite3.Connection) -> int:
-            return self._write(conn, lambda: conn.executemany(q.RECORD, params).rowcount)
+            def body() -> int:
+                written = conn.executemany(q.RECORD, params).rowcount
+                conn.executemany(q.UNPARK_NEXT, resolved)
+                return written
+
+            return self._write(conn, body)
 
         return await self._run(work)
 
@@ -211,6 +225,7 @@ class SQLiteDeliveryRepository(DeliveryRepository):
                 if conn.execute(sql, params).rowcount != 1:
                     row = conn.execute(q.STATE_OF, params).fetchone()
                     raise q.operator_error(delivery_id, None if row is None else row[0], action)
+                conn.execute(q.UNPARK_NEXT, {"parked": q.PARKED, **params})
                 row = conn.execute(q.GET, params).fetchone()
                 return q.info_from_row(row, row[16])
 
