@@ -420,6 +420,9 @@ def test_openapi_document_lists_every_route(server: Server) -> None:
     found = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert SPEC_ROUTES <= found, SPEC_ROUTES - found
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
+    from openapi_spec_validator import validate
+
+    validate(doc)  # raises on any violation of the OpenAPI 3.x schema
 
 
 def test_healthz(server: Server) -> None:

@@ -164,6 +164,9 @@ def test_config_layers() -> None:
         ApiConfig.from_env({"EVENTLEDGER_API_TOKEN": "   "})
     with pytest.raises(ConfigError):
         ApiConfig(max_events=0)
+    assert ApiConfig(role="worker").role is Role.WORKER  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="role"):
+        ApiConfig(role="boss")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,10 @@ class ApiConfig:
     dispatch: Any = None
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "role", Role(self.role))
+        except ValueError:
+            raise ConfigError(f"unknown role {self.role!r}: use all, api or worker") from None
         if self.max_body_bytes < 1:
             raise ConfigError("max body bytes must be >= 1")
         if self.max_events < 1:
