@@ -485,3 +485,19 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path: Path) -> None:
     assert len(err.splitlines()) == 1, err
     assert "EVENTLEDGER_API_TOKEN" in err and "0.0.0.0" in err
     assert "Traceback" not in err
+
+
+def test_client_closing_mid_body_stores_nothing_and_server_stays_up(server: Server) -> None:
+    before = stored(server)
+    port = int(server.base.rsplit(":", 1)[1])
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 5000\r\n\r\n[{"event_id": "cut-1", "user_id": "cut", '
+            )
+    with server.client() as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/v1/users/cut/activity").status_code == 404
+    assert stored(server) == before
+    assert "Traceback" not in server.log.read_text()

@@ -8,11 +8,12 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from ..errors import NotFoundError
 from ..store.deliveries import check_state
 from .app import JSONBytes, Services, services
-from .body import BodyKind, body_kind, parse_batch, read_body
+from .body import BodyError, BodyKind, body_kind, parse_batch, read_body
 from .metrics import CONTENT_TYPE
 from .models import (
     ActivityOut,
@@ -85,13 +86,18 @@ async def post_events(request: Request, svc: Services = _SVC) -> Response:
     """Process a batch: a JSON array (``application/json``) or one event per line
     (``application/x-ndjson``). Returns the audit report; bad events are in it, not errors."""
     kind = body_kind(request.headers.get("content-type"))
-    body = await read_body(
-        request.stream(),
-        kind=kind,
-        content_length=request.headers.get("content-length"),
-        max_bytes=svc.config.max_body_bytes,
-        max_events=svc.config.max_events,
-    )
+    try:
+        body = await read_body(
+            request.stream(),
+            kind=kind,
+            content_length=request.headers.get("content-length"),
+            max_bytes=svc.config.max_body_bytes,
+            max_events=svc.config.max_events,
+        )
+    except ClientDisconnect:
+        raise BodyError(
+            400, "incomplete_body", "the client closed the connection before the body ended"
+        ) from None
     rendered = await run_in_threadpool(_ingest, svc, body, kind)
     return Response(rendered, media_type="application/json")
 
