@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, InputError, StoreError
-from .store.base import SUMMARY_TYPES
 
 if TYPE_CHECKING:
     import psycopg
@@ -39,6 +38,8 @@ __all__ = [
     "UserIdError",
     "VerifyResult",
     "existing_table_query",
+    "parse_legacy_user_id",
+    "parse_table_name",
     "verify_store",
 ]
 
@@ -497,6 +498,3 @@ def verify_store(
                 )
             )
     return VerifyResult(user_id=user_id, users_checked=len(users), mismatches=mismatches)
-
-
-__all__ += ["SUMMARY_TYPES", "parse_legacy_user_id", "parse_table_name"]
