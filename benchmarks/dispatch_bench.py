@@ -43,6 +43,7 @@ import aiohttp
 import orjson
 
 from eventledger.dispatch import DispatchConfig, DispatchEvent, EventOrchestrator
+from eventledger.dispatch.cli import fast_loop_factory
 from eventledger.store import open_store
 
 GOAL_SQLITE_PER_S = 5000
@@ -225,6 +226,12 @@ def main() -> int:
     parser.add_argument("--submit-batch", type=int, default=1_000)
     parser.add_argument("--ceiling-requests", type=int, default=20_000)
     parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop" if fast_loop_factory() else "asyncio",
+        help="event loop of the client side (both phases use the same)",
+    )
     args = parser.parse_args()
 
     ctx = multiprocessing.get_context("spawn")
@@ -245,11 +252,14 @@ def main() -> int:
             db = args.db or f"sqlite:///{Path(tmp.name) / 'bench.db'}"
             backend = "sqlite"
         payload = orjson.dumps({"entity": "entity-0", "seq": 1, "data": "x" * 200})
-        ceiling = asyncio.run(
-            measure_ceiling(base_url + "/ceiling", args.ceiling_requests, args.max_per_host,
-                            payload)
-        )  # fmt: skip
-        durable = asyncio.run(measure_durable(args, db, base_url))
+        factory = fast_loop_factory() if args.loop == "uvloop" else None
+        with asyncio.Runner(loop_factory=factory) as runner:
+            ceiling = runner.run(
+                measure_ceiling(base_url + "/ceiling", args.ceiling_requests, args.max_per_host,
+                                payload)
+            )  # fmt: skip
+        with asyncio.Runner(loop_factory=factory) as runner:
+            durable = runner.run(measure_durable(args, db, base_url))
     finally:
         parent.send("stop")
         receiver.join(10)
@@ -261,6 +271,7 @@ def main() -> int:
         "backend": backend,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "loop": args.loop,
         "ceiling_plain_aiohttp": ceiling,
         "durable": durable,
         "ratio_to_ceiling": round(rate / ceiling["posts_per_s"], 3),

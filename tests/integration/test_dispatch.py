@@ -568,3 +568,43 @@ async def test_order_holds_under_random_failures_with_two_orchestrators(
         # Every request for the entity (failed or not) came in sequence order.
         seqs = [int(i.split("-")[1]) for i in receiver.ids() if i.startswith(f"o{u}-")]
         assert seqs == sorted(seqs)
+
+
+async def test_a_hanging_host_does_not_stall_other_hosts_with_few_workers(
+    sqlite_url: str,
+) -> None:
+    hanging = await Receiver("127.0.0.1").start()
+    healthy = await Receiver("127.0.0.2").start()
+
+    async def hang(rx: Receiver, r: Received, n: int) -> web.Response:
+        await asyncio.sleep(5)  # longer than the request timeout: every attempt times out
+        return web.Response(status=200)
+
+    hanging.behaviour = hang
+    store = open_store(sqlite_url)
+    # Few workers and small claims: the hanging host's rows alone could fill every claim.
+    cfg = config(
+        workers=4,
+        claim_batch_size=10,
+        request_timeout=1.0,
+        retry=RetryPolicy(initial=5.0, jitter=0.0),
+    )
+    try:
+        async with EventOrchestrator(store, cfg) as o:
+            for i in range(60):
+                await o.submit(DispatchEvent(f"h{i}", f"h{i}", 1, b"{}", hanging.url))
+            await hanging.wait_for(3)
+            started = time.monotonic()
+            for i in range(40):
+                await o.submit(DispatchEvent(f"ok{i}", f"ok{i}", 1, b"{}", healthy.url))
+            await healthy.wait_for(40, within=10)
+            took = time.monotonic() - started
+            assert hanging.max_active <= 3  # workers - 1: one worker always stays free
+            assert o.metrics.released > 0  # the stalled host's queue was given back
+            await o.stop(drain=2.0)
+    finally:
+        store.close()
+        await hanging.close()
+        await healthy.close()
+    assert took < 3.0, f"the healthy host waited {took:.1f}s behind the hanging one"
+    assert sorted(healthy.ids()) == sorted(f"ok{i}" for i in range(40))

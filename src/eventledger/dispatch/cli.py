@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -68,6 +69,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     ps.set_defaults(handler=cmd_dlq_skip)
 
 
+def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when installed (about +25% requests/s, MEASURED.md), else None."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def cmd_dispatch(args: argparse.Namespace) -> int:
     try:
         config = DispatchConfig(
@@ -79,8 +89,8 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
-    with open_store(args.db) as store:
-        metrics = asyncio.run(_dispatch(store, config))
+    with open_store(args.db) as store, asyncio.Runner(loop_factory=fast_loop_factory()) as run:
+        metrics = run.run(_dispatch(store, config))
     print(orjson.dumps({"stopped": True, **metrics}).decode(), file=sys.stderr)
     return 0
 
