@@ -197,6 +197,68 @@ async def measure_durable(args: argparse.Namespace, db: str, base_url: str) -> d
     }
 
 
+def measure_claim_scan(entities: int = 1000, per_entity: int = 20) -> dict[str, Any]:
+    """Why SQLite parks blocked rows: claims of 100 with 70% of the entities' heads held
+    IN_FLIGHT (their later rows blocked), with the plain readiness check vs with parking."""
+    from eventledger.store import deliveries as q
+    from eventledger.store.sqlite import connect
+
+    claim = (
+        f"UPDATE deliveries SET {q.CLAIM_SET} WHERE delivery_id IN ({q.DUE_IDS} LIMIT 100)"
+        " RETURNING delivery_id"
+    )
+    params = {"owner": "bench", "lease_until": 1 << 61, "now": 1 << 50}
+    out: dict[str, Any] = {}
+    for park in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            open_store(f"sqlite:///{tmp}/scan.db").close()
+            conn = connect(f"{tmp}/scan.db")
+            conn.execute("BEGIN")
+            conn.executemany(
+                "INSERT INTO deliveries (delivery_id, webhook_id, entity_key, sequence,"
+                " target_url, payload, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, 1)",
+                [(f"e{e}-{s}", f"e{e}-{s}", f"ent{e}", s, "http://h/", b"{}")
+                 for s in range(1, per_entity + 1) for e in range(entities)],
+            )  # fmt: skip
+            conn.execute(
+                "UPDATE deliveries SET state = 'IN_FLIGHT', lease_owner = 'x',"
+                " lease_expires_at = ? WHERE sequence = 1 AND rowid % 10 >= 3",
+                (1 << 61,),
+            )
+            conn.execute("COMMIT")
+            times: list[float] = []
+            claimed = 0
+            while True:
+                t0 = time.perf_counter()
+                conn.execute("BEGIN IMMEDIATE")
+                if park:
+                    conn.execute(q.PARK, {"parked": q.PARKED, "now": params["now"]})
+                got = conn.execute(claim, params).fetchall()
+                conn.execute("COMMIT")
+                times.append(time.perf_counter() - t0)
+                if not got:
+                    break
+                claimed += len(got)
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(
+                    "UPDATE deliveries SET state = 'COMPLETED' WHERE delivery_id = ?",
+                    [(r[0],) for r in got],
+                )
+                if park:
+                    conn.executemany(
+                        q.UNPARK_NEXT, [{"parked": q.PARKED, "delivery_id": r[0]} for r in got]
+                    )
+                conn.execute("COMMIT")
+            conn.close()
+        out["parking" if park else "readiness_check_only"] = {
+            "claimed": claimed,
+            "claims": len(times),
+            **percentiles(times),
+            "total_s": round(sum(times), 3),
+        }
+    return out
+
+
 def pg_database(server_url: str) -> tuple[str, str]:
     """A fresh database on the server: (its URL, its name)."""
     import psycopg
@@ -266,6 +328,7 @@ def main() -> int:
         for fn in reversed(cleanup):
             fn()
     rate = durable["deliveries_per_s"] or 0
+    claim_scan = measure_claim_scan() if backend == "sqlite" else None
     result = {
         "benchmark": "dispatch",
         "backend": backend,
@@ -275,6 +338,7 @@ def main() -> int:
         "ceiling_plain_aiohttp": ceiling,
         "durable": durable,
         "ratio_to_ceiling": round(rate / ceiling["posts_per_s"], 3),
+        "sqlite_claim_scan": claim_scan,
         "goals": {
             "deliveries_per_s_sqlite": GOAL_SQLITE_PER_S,
             "ratio_to_ceiling": GOAL_CEILING_RATIO,
