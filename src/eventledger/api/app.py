@@ -154,6 +154,11 @@ def _install_error_handlers(app: FastAPI, metrics: ApiMetrics) -> None:
             log.error("request %s %s failed: %s", request.method, request.url.path, exc)
         return error_response(status, code, str(exc))
 
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette logs the traceback; the client still gets the JSON shape of every error.
+        return error_response(500, "internal_error", f"unexpected {type(exc).__name__}")
+
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(BodyError, on_body_error)
     app.add_exception_handler(_AuthError, on_auth_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
