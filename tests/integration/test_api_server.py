@@ -501,3 +501,21 @@ def test_client_closing_mid_body_stores_nothing_and_server_stays_up(server: Serv
         assert c.get("/v1/users/cut/activity").status_code == 404
     assert stored(server) == before
     assert "Traceback" not in server.log.read_text()
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLEDGER_")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "eventledger", "serve", "--db",
+             f"sqlite:///{tmp_path / 'x.db'}", "--port", str(port)],
+            env=env, capture_output=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode != 0
+    lines = result.stderr.decode().strip().splitlines()
+    assert lines == [
+        f"eventledger: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
 
+from ..errors import ConfigError
 from ..ledger import Ledger
 from .app import create_app
 from .config import DEFAULT_GRACEFUL_TIMEOUT_S, ApiConfig, check_bind
@@ -33,6 +36,13 @@ def run_server(
     # Open (and migrate) the store once up front, so that a bad URL or an unusable
     # database is one clear error line rather than a failed startup inside uvicorn.
     Ledger(config.db_url).close()
+    # Bound here, so that a port in use is one clear error line too.
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}") from exc
     app = create_app(config)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -53,8 +63,9 @@ def run_server(
         sig: signal.signal(sig, _ignore_after_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        asyncio.run(server.serve())
+        asyncio.run(server.serve(sockets=[sock]))
     finally:
+        sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if server.started else 1
