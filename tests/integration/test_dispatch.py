@@ -608,3 +608,27 @@ async def test_a_hanging_host_does_not_stall_other_hosts_with_few_workers(
         await healthy.close()
     assert took < 3.0, f"the healthy host waited {took:.1f}s behind the hanging one"
     assert sorted(healthy.ids()) == sorted(f"ok{i}" for i in range(40))
+
+
+async def test_the_connection_itself_refuses_names_resolving_to_private_addresses(
+    receiver: Receiver,
+) -> None:
+    from eventledger.dispatch.transport import PublicOnlyResolver, Transport
+
+    resolver = PublicOnlyResolver()
+    try:
+        with pytest.raises(OSError, match="non-public"):
+            await resolver.resolve("localhost", receiver.port)
+    finally:
+        await resolver.close()
+    transport = Transport(request_timeout=2.0, per_host=5, total=10, allow_private=False)
+    await transport.open()
+    try:
+        # Even if the check before the request were bypassed (a name re-resolved meanwhile),
+        # the connector does not connect to a private address.
+        transport.guard.allow_private = True
+        result = await transport.post(f"http://localhost:{receiver.port}/hook", "id1", b"{}", None)
+    finally:
+        await transport.close()
+    assert not result.ok and result.error is not None and "connection error" in result.error
+    assert receiver.ids() == []

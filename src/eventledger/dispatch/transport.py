@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from ..errors import TargetRefusedError
 from .retry import parse_retry_after
@@ -122,6 +124,28 @@ class TargetGuard:
         return None
 
 
+class PublicOnlyResolver(AbstractResolver):
+    """aiohttp's resolver, keeping only public addresses.
+
+    The check before each request gives a clear reason; this one closes the gap between that
+    check and the connection (a name that re-resolves to a private address meanwhile)."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        public = [r for r in found if not _refused_address(r["host"])]
+        if not public:
+            raise OSError(f"{host} resolves only to non-public addresses")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
     """What one POST gave: ``ok`` for a 2xx; else the error, status and Retry-After."""
@@ -151,7 +175,9 @@ class Transport:
     async def open(self) -> None:
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                limit=self.total, limit_per_host=self.per_host, enable_cleanup_closed=False
+                limit=self.total,
+                limit_per_host=self.per_host,
+                resolver=None if self.guard.allow_private else PublicOnlyResolver(),
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
