@@ -265,7 +265,8 @@ class ExistingTable:
     database: every statement runs in a read-only transaction of a session whose
     ``default_transaction_read_only`` is on, so even a mistake here could not write.
 
-    The connection is opened on first use and kept; use ``close()`` or ``with``.
+    The connection is opened on first use and kept; use ``close()`` or ``with``. One
+    instance serves one thread at a time (it holds one connection).
     """
 
     def __init__(
@@ -315,6 +316,7 @@ class ExistingTable:
                 connect_timeout=max(1, math.ceil(self.connect_timeout)),
                 options=options,
                 application_name="eventledger-summary",
+                autocommit=True,
             )
             conn.read_only = True
         except psycopg.Error as exc:
@@ -325,14 +327,12 @@ class ExistingTable:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
-        """A cursor in a read-only transaction; driver errors become ``StoreError``."""
+    def _errors(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Driver errors become ``StoreError`` (a broken connection is dropped)."""
         import psycopg
 
-        conn = self._connect()
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                yield cur
+            yield
         except psycopg.errors.UndefinedTable as exc:
             raise StoreError(
                 f"table {self.table!r} does not exist in {_describe_dsn(self.dsn)}"
@@ -341,6 +341,13 @@ class ExistingTable:
             if conn.closed or conn.broken:
                 self.close()
             raise StoreError(f"summary query on {self.table!r} failed: {_one_line(exc)}") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor in an explicit read-only transaction (BEGIN READ ONLY)."""
+        conn = self._connect()
+        with self._errors(conn), conn.transaction(), conn.cursor() as cur:
+            yield cur
 
     def fetch_user_activity_summary(self, user_id: int | str) -> dict[str, Any]:
         """``{"click", "view", "purchase", "total_value"}`` of one user, as the legacy code.
@@ -351,10 +358,13 @@ class ExistingTable:
         uid = parse_legacy_user_id(user_id)
         if self._query is None:
             self._query = existing_table_query(self.table)
-        with self.transaction() as cur:
-            src, dst = _unicode_translation()
-            params = {"user_id": uid, "ws_digits_from": src, "ws_digits_to": dst}
-            row = cur.execute(self._query, params).fetchone()
+        src, dst = _unicode_translation()
+        params = {"user_id": uid, "ws_digits_from": src, "ws_digits_to": dst}
+        conn = self._connect()
+        # One statement, one round trip: in autocommit mode it is its own transaction,
+        # read-only by the session's default_transaction_read_only.
+        with self._errors(conn):
+            row = conn.execute(self._query, params).fetchone()
         assert row is not None  # an aggregate without GROUP BY returns exactly one row
         clicks, views, purchases, scaled = row
         # Unscaling in Python: overflow gives inf as in the legacy sum; "+ 0.0" turns -0.0

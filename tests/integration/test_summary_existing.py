@@ -473,6 +473,14 @@ def test_session_is_read_only_and_never_prepares(legacy_url: str) -> None:
         with pytest.raises(StoreError, match="read-only"):
             with et.transaction() as cur:
                 cur.execute("CREATE INDEX ON legacy.events (user_id)")
+        # Outside an explicit transaction (autocommit, as the summary runs) the session's
+        # default_transaction_read_only refuses writes too.
+        session = et._connect()
+        assert session.autocommit
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            session.execute("CREATE TEMP TABLE t (x int)")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            session.execute("DELETE FROM legacy.events")
         # The session stays usable after a refused write.
         assert et.fetch_user_activity_summary(1)["purchase"] == 1
     assert legacy(legacy_url, 1)["purchase"] == 1
