@@ -232,9 +232,13 @@ async def test_events_reach_the_receiver_in_user_order_exactly_once(
         only = receiver.accepted["purchases"]
         assert len(only) == purchases and all(p["type"] == "purchase" for p in only)
 
-        r = await c.get("/v1/deliveries", params={"state": "COMPLETED", "limit": 1000})
-        assert r.status_code == 200
-        assert len(r.json()) == total + purchases
+        async def all_recorded() -> bool:
+            # The receiver answered; the dispatcher records the outcome just after.
+            r = await c.get("/v1/deliveries", params={"state": "COMPLETED", "limit": 1000})
+            assert r.status_code == 200
+            return len(r.json()) == total + purchases
+
+        await eventually(all_recorded, "every delivery recorded COMPLETED")
         metrics = (await c.get("/metrics")).text
         assert metric(metrics, "eventledger_deliveries", "state", "COMPLETED") == total + purchases
         assert metric(metrics, "eventledger_deliveries", "state", "PENDING") == 0
@@ -274,9 +278,16 @@ async def test_dead_letter_is_resolved_through_the_api(
         a2 = (await c.get(f"/v1/deliveries/{ep}/a2")).json()
         assert a2["state"] == "PENDING" and a2["blocked_by"]["state"] == "DEAD_LETTER"
         assert {wid for _, wid in receiver.attempts} == {"a1", "b1"}
-        metrics = (await c.get("/metrics")).text
-        assert metric(metrics, "eventledger_deliveries", "state", "DEAD_LETTER") == 2
-        assert metric(metrics, "eventledger_dispatcher_events_total", "kind", "dead_lettered") == 2
+
+        async def counted() -> bool:
+            text = (await c.get("/metrics")).text
+            return (
+                metric(text, "eventledger_deliveries", "state", "DEAD_LETTER") == 2
+                and metric(text, "eventledger_dispatcher_events_total", "kind", "dead_lettered")
+                == 2
+            )
+
+        await eventually(counted, "/metrics shows the 2 dead letters")
 
         # Operator errors are specific.
         r = await c.post(f"/v1/deliveries/{ep}/a2/retry")
@@ -342,10 +353,12 @@ async def test_api_and_worker_roles_in_separate_processes(
 
         await eventually(delivered, "the worker process delivered what the api stored")
         assert [p["event_id"] for p in receiver.accepted["split"]] == [f"s{i}" for i in range(20)]
-        worker_metrics = (await w.get("/metrics")).text
-        assert (
-            metric(worker_metrics, "eventledger_dispatcher_events_total", "kind", "succeeded") == 20
-        )
+
+        async def counted() -> bool:
+            text = (await w.get("/metrics")).text
+            return metric(text, "eventledger_dispatcher_events_total", "kind", "succeeded") == 20
+
+        await eventually(counted, "the worker's metrics count 20 successes")
         api_metrics = (await c.get("/metrics")).text
         assert "eventledger_dispatcher_events_total" not in api_metrics
 
