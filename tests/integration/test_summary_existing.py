@@ -347,6 +347,39 @@ def test_parity_on_generated_users(legacy_url: str, rows: list[tuple[str, str | 
     assert_same(got, legacy(legacy_url, user), mag, n)
 
 
+PRICE_PIECES = [*"0123456789", *"0123456789", "_", ".", "e", "E", "+", "-", " ", "\t", "inf",
+                "nan", "Infinity", "\u0663", "\uff15", "\u00a0", "\u2003", "\x1f", "x", "0x",
+                "1e400", "1e-400", "1_0"]  # fmt: skip
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    prices=st.lists(
+        st.lists(st.sampled_from(PRICE_PIECES), min_size=1, max_size=8).map("".join),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_price_strings_match_python_float_exactly(legacy_url: str, prices: list[str]) -> None:
+    """Strings near Python's float() grammar (signs, underscores, exponents, Unicode digits
+    and spaces, inf/nan), one user each, compared exactly."""
+    users = {}
+    for price in prices:
+        user = next(_ids) + 2_000_000
+        users[user] = price
+        insert_user(legacy_url, user, [("purchase", json.dumps({"price": price}))])
+    with ExistingTable(legacy_url, table=TABLE) as et:
+        got = {u: et.fetch_user_activity_summary(u)["total_value"] for u in users}
+    with psycopg.connect(legacy_url) as conn:
+        for user, price in users.items():
+            want = legacy_fetch_user_activity_summary(conn, user, TABLE)["total_value"]
+            assert _same_float(got[user], want), (price, got[user], want)
+
+
 def test_parity_on_a_user_with_many_mixed_events(legacy_url: str) -> None:
     prices = ['"12.50"', "3", '"N/A"', "null", "7.25", '""', '"1_000"', "true", "[1]", "0.1"]
     rows = []
