@@ -4,6 +4,11 @@ It opens its own few connections from ``store.url`` (lazily, on the running loop
 dispatcher processes on any number of hosts share one database. Claims are one statement:
 ``SELECT ... FOR UPDATE SKIP LOCKED LIMIT n`` feeding an ``UPDATE ... RETURNING``, batched
 (per-row claims are fsync-bound at ~1.2k/s, batches of 100 reach ~32k/s: MEASURED.md).
+
+Blocked rows are not parked here as on SQLite: with the per-state claim below, a claim of
+100 with 70% of the entities blocked took 4.4 ms (p50) without parking and 5.9 ms with it
+(the parking statement costs more than it saves), and under READ COMMITTED a parker could
+act on a stale view of the predecessor.
 """
 
 from __future__ import annotations
@@ -43,12 +48,26 @@ def pg(sql: str) -> str:
     return _PARAM.sub(r"%(\1)s", sql)
 
 
+def _due(where: str) -> str:
+    return (
+        f"SELECT d.delivery_id FROM deliveries d WHERE {where}"
+        " ORDER BY d.next_attempt_at LIMIT :limit FOR UPDATE OF d SKIP LOCKED"
+    )
+
+
+# One locking subquery per state, each an ordered range of the (state, next_attempt_at)
+# index that stops at LIMIT. One OR over the states made PostgreSQL scan and sort the whole
+# table: 12 ms per claim of 100 against 4.4 ms (20,000 rows, 70% of entities blocked).
 _CLAIM = pg(
-    "WITH due AS (SELECT d.delivery_id FROM deliveries d"
-    " WHERE (d.state = 'IN_FLIGHT' AND d.lease_expires_at < :now)"
-    " OR (d.state IN ('PENDING', 'RETRY_WAIT') AND d.next_attempt_at <= :now"
-    f" AND {q.READY})"
-    " ORDER BY d.next_attempt_at LIMIT :limit FOR UPDATE OF d SKIP LOCKED)"
+    "WITH expired AS ("
+    + _due("d.state = 'IN_FLIGHT' AND d.lease_expires_at < :now")
+    + "), retrying AS ("
+    + _due(f"d.state = 'RETRY_WAIT' AND d.next_attempt_at <= :now AND {q.READY}")
+    + "), pending AS ("
+    + _due(f"d.state = 'PENDING' AND d.next_attempt_at <= :now AND {q.READY}")
+    + "), due AS (SELECT delivery_id FROM (SELECT delivery_id FROM expired UNION ALL"
+    " SELECT delivery_id FROM retrying UNION ALL SELECT delivery_id FROM pending) AS u"
+    " LIMIT :limit)"
     f" UPDATE deliveries t SET {q.CLAIM_SET} FROM due WHERE t.delivery_id = due.delivery_id"
     " RETURNING " + ", ".join("t." + c.strip() for c in q.CLAIM_RETURNING.split(","))
 )
@@ -92,8 +111,13 @@ class PostgresDeliveryRepository(DeliveryRepository):
         if self._idle.empty() and len(self._all) + self._opening < self._pool_size:
             self._opening += 1
             try:
+                # JIT compiling the claim (its correlated subquery inflates the cost estimate)
+                # cost ~10 ms per claim for a query that runs in ~3 ms.
                 conn = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    options="-c jit=off",
                 )
             except psycopg.Error as exc:
                 raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
