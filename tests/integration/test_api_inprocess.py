@@ -71,3 +71,31 @@ async def test_latency_metric_is_labelled_by_route_template(
     ) in text
     assert 'route="unmatched",status="404"' in text
     assert "/v1/users/a/" not in text  # no per-user series
+
+
+async def test_served_connections_have_nodelay() -> None:
+    """Regression: a listener made without IPPROTO_TCP left Nagle on, ~40 ms per request."""
+    import asyncio
+    import socket
+
+    from eventledger.api.server import listen_socket
+
+    nodelay: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    sock = listen_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+    async with server:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(100):
+            if nodelay:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+    assert nodelay and nodelay[0] != 0

@@ -36,13 +36,7 @@ def run_server(
     # Open (and migrate) the store once up front, so that a bad URL or an unusable
     # database is one clear error line rather than a failed startup inside uvicorn.
     Ledger(config.db_url).close()
-    # Bound here, so that a port in use is one clear error line too.
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host.strip("[]"), port), family=family)
-    except OSError as exc:
-        why = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ConfigError(f"cannot listen on {host}:{port}: {why}") from exc
+    sock = listen_socket(host, port)
     app = create_app(config)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -69,6 +63,25 @@ def run_server(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if server.started else 1
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here so that a port in use is one clear error line.
+
+    Created with ``IPPROTO_TCP`` explicitly: asyncio sets ``TCP_NODELAY`` only on sockets
+    whose protocol says TCP, and accepted sockets inherit the listener's. Without it, Nagle
+    and delayed ACKs added ~40 ms to every keep-alive request after the first.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}") from exc
+    return sock
 
 
 def _ignore_after_shutdown(sig: int, frame: FrameType | None) -> None:
