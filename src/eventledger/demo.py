@@ -348,7 +348,8 @@ async def _pipeline(
             f" | out of order {checked['out_of_order']}"
             f" | missing {checked['missing']}"
             f" | bad signatures {checked['bad_signatures']}"
-            f" | {'ok' if checked['ok'] else 'FAILED'}"
+            f" | {'ok' if checked['ok'] else 'FAILED'}",
+            soft_wrap=True,  # one line per endpoint, however narrow the terminal
         )
     console.print(
         "every applied event reached each endpoint exactly once, in per-user order"
