@@ -148,9 +148,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.source:
         from .summary import ExistingTable
 
-        summary = ExistingTable(args.source, table=args.table).fetch_user_activity_summary(
-            args.user_id
-        )
+        with ExistingTable(args.source, table=args.table) as existing:
+            summary = existing.fetch_user_activity_summary(args.user_id)
     else:
         with _ledger(args) as ledger:
             summary = ledger.fetch_user_activity_summary(args.user_id)
