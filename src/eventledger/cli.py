@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import IO, Any
 
@@ -251,18 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extensions() -> Iterator[Callable[[Any, argparse.ArgumentParser], None]]:
-    """Command groups that live beside their capability (dispatch, API, verify...)."""
-    import importlib
+def _extensions() -> tuple[Callable[[Any, argparse.ArgumentParser], None], ...]:
+    """Command groups that live beside their capability (verify, dispatch/dlq, serve/endpoints)."""
+    from .api.cli import register as register_api
+    from .dispatch.cli import register as register_dispatch
+    from .summary_cli import register as register_summary
 
-    for name in ("eventledger.summary_cli", "eventledger.dispatch.cli", "eventledger.api.cli"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        yield module.register
+    return (register_summary, register_dispatch, register_api)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
