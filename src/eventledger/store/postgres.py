@@ -318,8 +318,16 @@ class PostgresStore(Store):
             open=False,
             name=f"eventledger {self.target}",
         )
-        self.pool.open(wait=False)
         self._closed = False
+        try:
+            # Wait for the first pooled connection: no connection appears later behind the
+            # caller's back (tests count server backends), and failures surface here.
+            self.pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+        except psycopg.Error as exc:
+            self.close()
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {self.target}: {self._message(exc)}"
+            ) from exc
 
     # -- connections and errors ----------------------------------------------------------
     def _message(self, exc: BaseException) -> str:
