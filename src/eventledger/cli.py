@@ -18,7 +18,7 @@ from .errors import EventledgerError, InputError, NotFoundError
 from .inputs import iter_events
 from .ledger import Ledger
 from .model import Outcome, Report
-from .store import open_store, resolve_url
+from .store import open_store, redact_url, resolve_url
 
 PROGRESS_MIN_BYTES = 4 << 20
 
@@ -175,7 +175,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     with open_store(args.db, upgrade=False) as store:
         before = store.schema_version()
         after = store.upgrade()
-    print(f"schema of {resolve_url(args.db)}: v{before} -> v{after}")
+    print(f"schema of {redact_url(resolve_url(args.db))}: v{before} -> v{after}")
     return 0
 
 

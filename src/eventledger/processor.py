@@ -499,10 +499,9 @@ class Processor:
                 return RejectReason.INVALID_METADATA, f"metadata is not serialisable: {exc}"
             # Depth > 16 needs more than 16 opening brackets in the text: count them (in C)
             # before walking the structure (in Python).
-            if (
-                metadata_json.count(b"{") + metadata_json.count(b"[") > MAX_METADATA_DEPTH
-                and not _metadata_depth_ok(metadata)
-            ):
+            if metadata_json.count(b"{") + metadata_json.count(
+                b"["
+            ) > MAX_METADATA_DEPTH and not _metadata_depth_ok(metadata):
                 return RejectReason.INVALID_METADATA, _TOO_DEEP
             if len(metadata_json) > MAX_METADATA_BYTES:
                 return RejectReason.INVALID_METADATA, "metadata is larger than 64 KiB"

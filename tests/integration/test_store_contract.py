@@ -256,6 +256,19 @@ def test_deliveries_are_created_with_the_events_gap_free_per_endpoint_and_user(
     assert rows(store_url, "SELECT count(*) FROM events") == [(6,)]
 
 
+def test_removing_an_endpoint_skips_its_unsent_deliveries_only(store_url: str) -> None:
+    with Ledger(store_url) as ledger:
+        ledger.add_endpoint("http://127.0.0.1:9/gone", endpoint_id="gone")
+        ledger.add_endpoint("http://127.0.0.1:9/kept", endpoint_id="kept")
+        ledger.process([ev("r1", "u1"), ev("r2", "u1"), ev("r3", "u2")])
+        assert ledger.store.remove_endpoint("gone") is True
+    got = rows(
+        store_url,
+        "SELECT endpoint_id, state, last_error FROM deliveries ORDER BY endpoint_id, delivery_id",
+    )
+    assert got == [("gone", "SKIPPED", "endpoint removed")] * 3 + [("kept", "PENDING", None)] * 3
+
+
 def test_verify_primitives_agree_with_the_aggregate(store_url: str) -> None:
     events = [
         ev(f"v{i}", f"u{i % 5}", ("click", "view", "purchase")[i % 3], i, metadata={"price": i})

@@ -152,3 +152,11 @@ def test_reason_codes_are_the_spec_words() -> None:
         "invalid_price",
     }
     assert [k.value for k in OutcomeKind] == ["applied", "duplicate", "rejected"]
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    from eventledger.store import redact_url
+
+    assert redact_url("postgresql://app:s3cret@db:5432/ev") == "postgresql://app:***@db:5432/ev"
+    assert redact_url("postgresql://app@db/ev") == "postgresql://app@db/ev"
+    assert redact_url("sqlite:///eventledger.db") == "sqlite:///eventledger.db"

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from .base import Endpoint, Store
 
 DEFAULT_URL = "sqlite:///eventledger.db"
 
-__all__ = ["DEFAULT_URL", "Endpoint", "Store", "open_store", "resolve_url"]
+__all__ = ["DEFAULT_URL", "Endpoint", "Store", "open_store", "redact_url", "resolve_url"]
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for output and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def resolve_url(url: str | None) -> str:

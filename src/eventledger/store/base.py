@@ -29,6 +29,15 @@ SUMMARY_TYPES = ("click", "view", "purchase")
 MAX_CHUNK_ATTEMPTS = 8
 
 
+# Removing an endpoint resolves its deliveries that were not sent yet (IN_FLIGHT ones finish):
+# sent later they would go unsigned to a URL nobody registered any more.
+REMOVED_ENDPOINT_SKIP = (
+    "UPDATE deliveries SET state = 'SKIPPED', last_error = 'endpoint removed',"
+    " updated_at = %s, completed_at = %s"
+    " WHERE endpoint_id = %s AND state IN ('PENDING', 'RETRY_WAIT', 'DEAD_LETTER')"
+)
+
+
 class RetryTransaction(Exception):  # noqa: N818 - control flow, never escapes the store
     """Raised inside a write transaction to roll it back and run the chunk again."""
 

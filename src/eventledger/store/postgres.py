@@ -31,6 +31,7 @@ from ..errors import SchemaError, StoreError
 from ..model import Outcome, Report
 from ..timeutil import format_us, now_us
 from .base import (
+    REMOVED_ENDPOINT_SKIP,
     DeliveryRow,
     Endpoint,
     EventRow,
@@ -542,9 +543,13 @@ class PostgresStore(Store):
             return _endpoints(conn)
 
     def remove_endpoint(self, endpoint_id: str) -> bool:
-        with self.connection() as conn:
+        with self.connection() as conn, conn.transaction():
             cur = conn.execute("DELETE FROM endpoints WHERE endpoint_id = %s", (endpoint_id,))
-            return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return False
+            now = now_us()
+            conn.execute(REMOVED_ENDPOINT_SKIP, (now, now, endpoint_id))
+            return True
 
     def set_endpoint_enabled(self, endpoint_id: str, enabled: bool) -> bool:
         with self.connection() as conn:

@@ -16,6 +16,7 @@ from ..errors import SchemaError, StoreError
 from ..model import Outcome, Report
 from ..timeutil import format_us, now_us
 from .base import (
+    REMOVED_ENDPOINT_SKIP,
     DeliveryRow,
     Endpoint,
     EventRow,
@@ -444,7 +445,12 @@ class SQLiteStore(Store):
     def remove_endpoint(self, endpoint_id: str) -> bool:
         with self.write_transaction():
             cur = self._conn.execute("DELETE FROM endpoints WHERE endpoint_id = ?", (endpoint_id,))
-            return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return False
+            # Its unfinished deliveries would otherwise go out unsigned to a removed URL.
+            now = now_us()
+            self._conn.execute(REMOVED_ENDPOINT_SKIP.replace("%s", "?"), (now, now, endpoint_id))
+            return True
 
     def set_endpoint_enabled(self, endpoint_id: str, enabled: bool) -> bool:
         with self.write_transaction():
