@@ -148,10 +148,10 @@ def ingest(path: str, db_url: str, outcomes: str) -> dict[str, object]:
 
 
 def run_ingest_subprocess(path: Path, db_url: str, outcomes: Path) -> dict[str, object]:
+    here = str(Path(__file__).parent)
     code = (
-        "import json,sys; sys.path.insert(0, %r); import process_bench as b; "
-        "print(json.dumps(b.ingest(%r, %r, %r)))"
-        % (str(Path(__file__).parent), str(path), db_url, str(outcomes))
+        f"import json,sys; sys.path.insert(0, {here!r}); import process_bench as b; "
+        f"print(json.dumps(b.ingest({str(path)!r}, {db_url!r}, {str(outcomes)!r})))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
