@@ -131,6 +131,19 @@ def plan_chunk(decision: ChunkDecision) -> ChunkPlan:
     return plan
 
 
+def outcome_dict(row: Sequence[Any]) -> dict[str, Any]:
+    """The JSON form of a stored outcome row (index, event_id, user_id, outcome, reason,
+    detail), as both backends read it for a stored report."""
+    return {
+        "index": row[0],
+        "event_id": row[1],
+        "user_id": row[2],
+        "outcome": row[3],
+        "reason": row[4],
+        "detail": row[5],
+    }
+
+
 def event_payload(ev: AppliedEvent, user_seq: int) -> bytes:
     """The JSON body a webhook receives for an applied event."""
     return (

@@ -24,6 +24,7 @@ from .base import (
     UserDelta,
     WriteTx,
     load_migrations,
+    outcome_dict,
     split_statements,
 )
 
@@ -385,14 +386,7 @@ class SQLiteStore(Store):
                 (batch_id,),
             ).fetchall()
         for r in rows:
-            yield {
-                "index": r[0],
-                "event_id": r[1],
-                "user_id": r[2],
-                "outcome": r[3],
-                "reason": r[4],
-                "detail": r[5],
-            }
+            yield outcome_dict(r)
 
     # -- verification --------------------------------------------------------------------
     def _rows(self, sql: str, user_id: str | None) -> list[Any]:
