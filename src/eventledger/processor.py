@@ -315,7 +315,12 @@ class Processor:
         for value in values:
             if isinstance(value, dict):
                 event_id = value.get("event_id")
-                if isinstance(event_id, str) and _event_id_problem(event_id) is None:
+                if (
+                    isinstance(event_id, str)
+                    and 0 < len(event_id) <= MAX_ID_LENGTH
+                    and event_id.isprintable()
+                    and not event_id.isspace()
+                ):  # the same test as the one in decide_chunk: a valid id
                     ids.append(event_id)
         return ids
 

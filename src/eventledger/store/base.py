@@ -204,11 +204,12 @@ def chunk_user_ids(values: Sequence[Any]) -> list[str]:
 class WriteTx(abc.ABC):
     """Bulk primitives of one write transaction. Implemented per backend."""
 
-    def lock_users(self, user_ids: Sequence[str]) -> None:  # noqa: B027 - optional hook
-        """Lock the existing users of a chunk before its event ids are looked up.
+    #: Whether :meth:`lock_users` must be called. Backends whose write transactions already
+    #: exclude each other (SQLite) need no user locks, nor the pass that finds the users.
+    locks_users = False
 
-        Backends whose write transactions already exclude each other (SQLite) need nothing.
-        """
+    def lock_users(self, user_ids: Sequence[str]) -> None:  # noqa: B027 - optional hook
+        """Lock the existing users of a chunk before its event ids are looked up."""
 
     @abc.abstractmethod
     def lookup_applied(self, event_ids: Sequence[str]) -> dict[str, str]:
@@ -296,13 +297,15 @@ class Store(abc.ABC):
         the database reports a deadlock) the whole chunk is decided again on fresh state.
         """
         ids = processor.event_ids(values)
-        users = chunk_user_ids(values)
+        users: list[str] | None = None  # computed only for backends that lock users
         for attempt in range(MAX_CHUNK_ATTEMPTS):
             try:
                 with self.write_transaction() as tx:
                     # Lock first, then look up: a concurrent writer of these users finishes
                     # before our lookup, instead of applying our ids behind its back.
-                    tx.lock_users(users)
+                    if tx.locks_users:
+                        users = chunk_user_ids(values) if users is None else users
+                        tx.lock_users(users)
                     decision = processor.decide_chunk(values, tx.lookup_applied(ids), first_index)
                     self._write_chunk(tx, decision, batch_id)
                 return decision

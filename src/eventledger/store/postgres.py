@@ -82,6 +82,8 @@ def _one_line(text: str, secret: str | None) -> str:
 class _PgTx(WriteTx):
     """The write primitives on one connection inside a transaction."""
 
+    locks_users = True
+
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
