@@ -139,3 +139,25 @@ def test_event_and_config_validation() -> None:
         DispatchConfig(lease_duration=1.0, request_timeout=5.0)
     assert DispatchConfig(workers=100).per_host_limit == 50
     assert DispatchConfig(workers=10).per_host_limit == 9
+
+
+def test_dispatch_options_are_one_group_for_dispatch_and_serve() -> None:
+    from eventledger.cli import build_parser
+    from eventledger.dispatch import DispatchConfig
+    from eventledger.dispatch.cli import dispatch_config_from_args
+    from eventledger.errors import ConfigError
+
+    parser = build_parser()
+    flags = ["--workers", "7", "--max-per-host", "3", "--request-timeout", "20",
+             "--max-attempts", "2", "--retry-initial", "0.5", "--allow-private-targets"]
+    for command in (["dispatch"], ["serve"]):
+        config = dispatch_config_from_args(parser.parse_args([*command, *flags]))
+        assert (config.workers, config.max_per_host, config.request_timeout) == (7, 3, 20.0)
+        assert (config.retry.max_attempts, config.retry.initial) == (2, 0.5)
+        assert config.retry.maximum == DispatchConfig().retry.maximum
+        assert config.allow_private_targets is True
+        assert config.lease_duration >= 60.0  # outlasts a 20 s request
+    defaults = dispatch_config_from_args(parser.parse_args(["dispatch"]))
+    assert defaults == DispatchConfig()
+    with pytest.raises(ConfigError):
+        dispatch_config_from_args(parser.parse_args(["dispatch", "--max-attempts", "0"]))

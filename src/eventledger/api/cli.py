@@ -10,6 +10,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from ..dispatch.cli import add_dispatch_options, dispatch_config_from_args
 from ..errors import ConfigError, NotFoundError
 from ..ledger import Ledger
 from .config import DEFAULT_HOST, DEFAULT_PORT, ApiConfig, Role
@@ -38,16 +39,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-events", type=int, help="most events in one POST /v1/events")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     g = p.add_argument_group("dispatcher (roles all and worker)")
-    g.add_argument("--workers", type=int, help="concurrent delivery workers")
-    g.add_argument("--request-timeout", type=float, help="seconds per webhook request")
-    g.add_argument("--max-attempts", type=int, help="failed attempts before DEAD_LETTER")
-    g.add_argument("--retry-initial", type=float, help="seconds to wait after a first failure")
-    g.add_argument("--retry-maximum", type=float, help="longest wait between attempts")
-    g.add_argument(
-        "--allow-private-targets",
-        action="store_true",
-        help="deliver to loopback/private addresses too (local testing only)",
-    )
+    add_dispatch_options(g)
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("endpoints", help="manage webhook endpoints")
@@ -68,19 +60,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 # -- serve -----------------------------------------------------------------------------------
-def _dispatch_config(args: argparse.Namespace) -> Any:
-    from .dispatching import build_dispatch_config
-
-    return build_dispatch_config(
-        workers=args.workers,
-        request_timeout=args.request_timeout,
-        max_attempts=args.max_attempts,
-        retry_initial=args.retry_initial,
-        retry_maximum=args.retry_maximum,
-        allow_private_targets=args.allow_private_targets,
-    )
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
@@ -90,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         role=role,
         max_body_bytes=args.max_body_bytes,
         max_events=args.max_events,
-        dispatch=_dispatch_config(args) if role.runs_dispatcher else None,
+        dispatch=dispatch_config_from_args(args) if role.runs_dispatcher else None,
     )
     return run_server(config, host=args.host, port=args.port, log_level=args.log_level)
 

@@ -16,8 +16,81 @@ from ..store import open_store
 from ..store.deliveries import DeliveryInfo, DeliveryState, check_state
 from .model import DispatchConfig
 from .orchestrator import EventOrchestrator
+from .retry import RetryPolicy
 
 _DEFAULTS = DispatchConfig()
+
+
+def add_dispatch_options(parser: Any) -> None:
+    """The dispatcher's options, shared by ``dispatch`` and ``serve`` (roles all, worker).
+    Each defaults to None, which keeps :class:`DispatchConfig`'s own default."""
+    parser.add_argument(
+        "--workers", type=int, help=f"concurrent delivery workers (default {_DEFAULTS.workers})"
+    )
+    parser.add_argument(
+        "--max-per-host",
+        type=int,
+        help=f"requests in flight to one host at most (default {_DEFAULTS.max_per_host})",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        help=f"total seconds per request (default {_DEFAULTS.request_timeout})",
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        help="seconds a claimed delivery stays ours before another process may reclaim it"
+        f" (default {_DEFAULTS.lease_duration}, or 3x --request-timeout when longer)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        help=f"failed attempts before DEAD_LETTER (default {_DEFAULTS.retry.max_attempts})",
+    )
+    parser.add_argument(
+        "--retry-initial",
+        type=float,
+        help=f"seconds to wait after a first failure (default {_DEFAULTS.retry.initial})",
+    )
+    parser.add_argument(
+        "--retry-maximum",
+        type=float,
+        help=f"longest wait between attempts (default {_DEFAULTS.retry.maximum})",
+    )
+    parser.add_argument(
+        "--allow-private-targets",
+        action="store_true",
+        help="allow loopback/private/link-local targets (local testing only)",
+    )
+
+
+def dispatch_config_from_args(args: argparse.Namespace) -> DispatchConfig:
+    """The ``DispatchConfig`` of :func:`add_dispatch_options`' options."""
+    retry: dict[str, Any] = {}
+    for option, field in (
+        ("max_attempts", "max_attempts"),
+        ("retry_initial", "initial"),
+        ("retry_maximum", "maximum"),
+    ):
+        if getattr(args, option) is not None:
+            retry[field] = getattr(args, option)
+    options: dict[str, Any] = {"allow_private_targets": args.allow_private_targets}
+    for option, field in (
+        ("workers", "workers"),
+        ("max_per_host", "max_per_host"),
+        ("request_timeout", "request_timeout"),
+        ("lease", "lease_duration"),
+    ):
+        if getattr(args, option) is not None:
+            options[field] = getattr(args, option)
+    if args.request_timeout is not None and args.lease is None:
+        # The lease must outlast a request, whatever the timeout chosen.
+        options["lease_duration"] = max(_DEFAULTS.lease_duration, args.request_timeout * 3)
+    try:
+        return DispatchConfig(retry=RetryPolicy(**retry), **options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid dispatcher options: {exc}") from exc
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -27,30 +100,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="deliver pending webhooks until SIGTERM/SIGINT, then drain and exit",
     )
-    p.add_argument("--workers", type=int, default=_DEFAULTS.workers, help="worker tasks")
-    p.add_argument(
-        "--max-per-host",
-        type=int,
-        default=_DEFAULTS.max_per_host,
-        help="requests in flight to one host at most",
-    )
-    p.add_argument(
-        "--request-timeout",
-        type=float,
-        default=_DEFAULTS.request_timeout,
-        help="total seconds per request",
-    )
-    p.add_argument(
-        "--lease",
-        type=float,
-        default=_DEFAULTS.lease_duration,
-        help="seconds a claimed delivery stays ours before another process may reclaim it",
-    )
-    p.add_argument(
-        "--allow-private-targets",
-        action="store_true",
-        help="allow loopback/private/link-local targets (local testing only)",
-    )
+    add_dispatch_options(p)
     p.set_defaults(handler=cmd_dispatch)
 
     p = sub.add_parser("dlq", help="inspect and resolve dead-lettered deliveries")
@@ -79,16 +129,7 @@ def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def cmd_dispatch(args: argparse.Namespace) -> int:
-    try:
-        config = DispatchConfig(
-            workers=args.workers,
-            max_per_host=args.max_per_host,
-            request_timeout=args.request_timeout,
-            lease_duration=args.lease,
-            allow_private_targets=args.allow_private_targets,
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from exc
+    config = dispatch_config_from_args(args)
     with open_store(args.db) as store, asyncio.Runner(loop_factory=fast_loop_factory()) as run:
         metrics = run.run(_dispatch(store, config))
     print(orjson.dumps({"stopped": True, **metrics}).decode(), file=sys.stderr)
