@@ -256,6 +256,21 @@ def test_deliveries_are_created_with_the_events_gap_free_per_endpoint_and_user(
     assert rows(store_url, "SELECT count(*) FROM events") == [(6,)]
 
 
+def test_integers_past_64_bits_in_metadata_are_stored_and_sent_exactly(store_url: str) -> None:
+    big = 123456789012345678901234567890
+    line = (
+        f'{{"event_id": "big", "user_id": "u1", "type": "view", "timestamp": "{ts(1)}",'
+        f' "metadata": {{"n": {big}}}}}'
+    )
+    with Ledger(store_url) as ledger:
+        ledger.add_endpoint("http://127.0.0.1:9/hook", endpoint_id="hook")
+        assert ledger.process([line]).applied == 1
+    (text,) = rows(store_url, "SELECT CAST(metadata AS TEXT) FROM events WHERE event_id = 'big'")[0]
+    assert str(big) in text and "e+" not in text
+    (payload,) = rows(store_url, "SELECT payload FROM deliveries")[0]
+    assert b'"n":%d' % big in bytes(payload)
+
+
 def test_removing_an_endpoint_skips_its_unsent_deliveries_only(store_url: str) -> None:
     with Ledger(store_url) as ledger:
         ledger.add_endpoint("http://127.0.0.1:9/gone", endpoint_id="gone")

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from eventledger.model import OutcomeKind, RejectReason
@@ -537,12 +538,26 @@ def test_invalid_price(metadata: Any) -> None:
     assert reason_of(ev(type="purchase", metadata=metadata)) is RejectReason.INVALID_PRICE
 
 
-def test_huge_integer_price_from_library_is_invalid_metadata() -> None:
-    # orjson cannot store an integer past 64 bits: the metadata check (before the price
-    # check) refuses it with a clear detail instead of losing digits.
+def test_huge_integer_price_from_library_is_invalid_price() -> None:
+    # The metadata is stored exactly (integers past 64 bits included); the price rule then
+    # refuses a price that no float can hold.
     decision = decide([ev(type="purchase", metadata={"price": 10**400})])
-    assert decision.outcomes[0].reason is RejectReason.INVALID_METADATA
-    assert decision.outcomes[0].detail and "64-bit" in decision.outcomes[0].detail
+    assert decision.outcomes[0].reason is RejectReason.INVALID_PRICE
+    assert decision.outcomes[0].detail == "metadata.price is too large"
+
+
+@pytest.mark.parametrize("as_text", [True, False])
+def test_integers_past_64_bits_in_metadata_are_kept_exactly(as_text: bool) -> None:
+    big = 123456789012345678901234567890
+    event = ev(metadata={"n": big, "z": {"m": -(2**70)}, "a": "x"})
+    item = orjson.dumps({**event, "metadata": {}}).replace(
+        b'"metadata":{}', b'"metadata":{"n":%d,"z":{"m":%d},"a":"x"}' % (big, -(2**70))
+    ) if as_text else event
+    decision = decide([item])
+    assert decision.outcomes[0].outcome is OutcomeKind.APPLIED
+    stored = decision.applied[0].metadata_json
+    assert stored == b'{"a":"x","n":%d,"z":{"m":%d}}' % (big, -(2**70))
+    assert json.loads(stored)["n"] == big  # not a float
 
 
 def test_huge_integer_price_from_json_text_is_a_number() -> None:
