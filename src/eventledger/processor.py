@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import orjson
 
@@ -249,6 +249,16 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def is_valid_event_id(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` is a usable event_id (the rule :func:`_event_id_problem` explains)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and value.isprintable()
+        and not value.isspace()
+    )
+
+
 def _event_id_problem(value: Any) -> tuple[RejectReason, str] | None:
     if value is None:
         return RejectReason.MISSING_EVENT_ID, "event_id is missing"
@@ -351,12 +361,7 @@ class Processor:
         for value in values:
             if isinstance(value, dict):
                 event_id = value.get("event_id")
-                if (
-                    isinstance(event_id, str)
-                    and 0 < len(event_id) <= MAX_ID_LENGTH
-                    and event_id.isprintable()
-                    and not event_id.isspace()
-                ):  # the same test as the one in decide_chunk: a valid id
+                if is_valid_event_id(event_id):
                     ids.append(event_id)
         return ids
 
@@ -400,13 +405,7 @@ class Processor:
 
             # Activity tracking first, whatever the event's fate.
             raw_user = obj.get("user_id")
-            if type(raw_user) is str and 0 < len(raw_user) <= MAX_ID_LENGTH:
-                # Fast path for the common case; normalize_user_id is the full rule.
-                user_id: str | None = raw_user.strip()
-                if not user_id or not user_id.isprintable():
-                    user_id = None
-            else:
-                user_id = normalize_user_id(raw_user)
+            user_id = normalize_user_id(raw_user)
             raw_ts = obj.get("timestamp")
             if type(raw_ts) is int and 0 <= raw_ts <= MAX_EPOCH_MS:
                 ts: int | None = raw_ts * 1000
@@ -420,15 +419,7 @@ class Processor:
                     last_seen[user_id] = candidate
 
             raw_event_id = obj.get("event_id")
-            if (
-                type(raw_event_id) is str
-                and 0 < len(raw_event_id) <= MAX_ID_LENGTH
-                and raw_event_id.isprintable()
-                and not raw_event_id.isspace()
-            ):
-                problem = None
-            else:
-                problem = _event_id_problem(raw_event_id)
+            problem = None if is_valid_event_id(raw_event_id) else _event_id_problem(raw_event_id)
             if problem is not None:
                 outcomes.append(
                     Outcome(
